@@ -1,0 +1,1 @@
+"""The sts-compile compiler: values file in, Kubernetes manifests out."""

@@ -1,0 +1,1 @@
+"""The code inside the kube-sts image. Never imports the compiler."""

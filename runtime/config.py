@@ -1,0 +1,254 @@
+"""The runtime's configuration: what the token service, webhook and key manager consume.
+
+The runtime owns this contract. The compiler validates a values file's endpoints with these
+very models and renders a ``RuntimeConfig`` into a ConfigMap, so the two cannot drift apart.
+Field names are the values file's keys (the seed's spelling where the seed has them,
+camelCase for extensions); Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Any, Literal
+
+import pydantic
+import pydantic.alias_generators
+from pydantic import Field
+
+from kube_sts.runtime import filter as rule_filter
+
+__all__ = [
+    "TLS",
+    "AzRule",
+    "Endpoint",
+    "Injector",
+    "Issuer",
+    "KeyManagement",
+    "RuntimeConfig",
+    "Token",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_UNITS = (86400, 3600, 60, 1)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+)
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+
+SUBJECT_FIELDS = frozenset({"cluster", "namespace", "saname", "pod", "role", "endpoint"})
+LABEL_PREFIX = "tremolo.io/"
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds as an integer or a duration such as ``90d``, ``1h``, ``10m30s``."""
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if not value.strip() or match is None:
+            raise ValueError(f"{value!r} is not a duration; write seconds or e.g. '1h', '30m', '90d'")
+        return sum(int(g or 0) * unit for g, unit in zip(match.groups(), _UNITS, strict=True))
+    return value
+
+
+Duration = Annotated[
+    int,
+    pydantic.BeforeValidator(parse_duration),
+    pydantic.WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^(\d+d)?(\d+h)?(\d+m)?(\d+s)?$"},
+            ]
+        }
+    ),
+]
+
+
+def _check(pattern: re.Pattern[str], what: str) -> Any:
+    def validate(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return pydantic.AfterValidator(validate)
+
+
+DnsLabel = Annotated[str, Field(max_length=63), _check(_DNS_LABEL, "a DNS label (lower-case letters, digits, '-')")]
+SecretName = Annotated[str, Field(max_length=253), _check(_DNS_SUBDOMAIN, "a valid Secret name (DNS subdomain)")]
+EnvName = Annotated[str, _check(_ENV_NAME, "a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")]
+LabelName = Annotated[
+    str,
+    Field(min_length=1, max_length=63),
+    _check(_LABEL_NAME, "a label name (letters, digits, '-', '_', '.'; alphanumeric at both ends)"),
+]
+
+
+class Model(pydantic.BaseModel):
+    """Strict base: unknown keys are errors, models are immutable, keys keep their aliases."""
+
+    model_config = pydantic.ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=pydantic.alias_generators.to_camel,
+        use_attribute_docstrings=True,
+    )
+
+
+class AzRule(Model):
+    """One authorization rule; a caller is allowed when any rule of the endpoint matches."""
+
+    scope: Literal["filter"]
+    """The kind of rule. `filter` is an RFC 4515 LDAP filter over the caller's attributes."""
+    constraint: str
+    """The filter, e.g. `(namespace=myns)`. Attributes: namespace, saname, cluster, pod, role."""
+
+    @pydantic.field_validator("constraint")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            rule_filter.parse(value)
+        except rule_filter.FilterError as exc:
+            raise ValueError(f"not an RFC 4515 filter: {exc}") from None
+        return value
+
+    def compiled(self) -> rule_filter.Filter:
+        return rule_filter.parse(self.constraint)
+
+
+class KeyManagement(Model):
+    """How the endpoint's signing key set is owned and rotated."""
+
+    mode: Literal["managed", "provided"] = "managed"
+    """`managed`: the runtime creates the key set Secret if absent and rotates it. `provided`: the
+    Secret is supplied by you (sealed-secrets, external-secrets, `sts-compile keys`); read-only."""
+    rotation_period: Duration = 30 * 86400
+    """How long one key signs before the next one takes over (managed mode)."""
+    publish_lead: Duration = 86400
+    """How long a new key is published in the JWKS before it signs (relying parties' caches)."""
+    wait_for_publication: bool = True
+    """Hold a new key back from signing until the issuer's public JWKS serves it."""
+
+
+class Issuer(Model):
+    """Where relying parties find the issuer documents, and which key set signs."""
+
+    host: Annotated[str, _check(_HOSTNAME, "a host name (no scheme, port or path)")]
+    """Host of the issuer URL `https://<host>`, e.g. a CloudFront distribution. No scheme."""
+    keypair: SecretName
+    """Name of the Secret (in the runtime's namespace) that holds this endpoint's key set."""
+    keys: KeyManagement = KeyManagement()
+    """Key set ownership and rotation."""
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}"
+
+
+class Token(Model):
+    """The tokens minted for this endpoint."""
+
+    lifetime: Annotated[Duration, Field(ge=600, le=86400)] = 3600
+    """Lifetime of a minted token (10 minutes to 24 hours)."""
+    algorithm: Literal["RS256", "ES256"] = "RS256"
+    """Signature algorithm. RS256 is accepted by every relying party; ES256 is faster."""
+    subject: str = "{cluster}:{namespace}:{saname}"
+    """Template for `sub`; fields: cluster, namespace, saname, pod, role, endpoint."""
+    aws_session_tags: bool = False
+    """Add `https://aws.amazon.com/tags` with namespace, saname and cluster as session tags."""
+
+    @pydantic.field_validator("subject")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        try:
+            fields = {name for _, name, spec, conv in string.Formatter().parse(value) if name is not None}
+            specs = [spec or conv for _, name, spec, conv in string.Formatter().parse(value) if name]
+        except ValueError as exc:
+            raise ValueError(f"not a subject template: {exc}") from None
+        unknown = sorted(fields - SUBJECT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown field {{{unknown[0]}}}; use {', '.join(sorted(SUBJECT_FIELDS))}")
+        if any(specs):
+            raise ValueError("format specs and conversions are not allowed in the subject template")
+        if not value:
+            raise ValueError("the subject template is empty")
+        return value
+
+
+class Injector(Model):
+    """What the admission webhook injects into Pods labelled `tremolo.io/<label>`."""
+
+    label: LabelName
+    """Pods labelled `tremolo.io/<label>` get the sidecar; the annotation of the same key holds
+    the value (for AWS, the role ARN)."""
+    token_environment_variable_name: Annotated[EnvName, Field(alias="token_environment_variable_name")]
+    """Variable set to the token file's path, e.g. `AWS_WEB_IDENTITY_TOKEN_FILE`."""
+    label_value_environment_variable_name: Annotated[EnvName, Field(alias="label_value_environment_variable_name")]
+    """Variable set to the annotation's value, e.g. `AWS_ROLE_ARN`."""
+    explicit_certificate_trust: Annotated[bool, Field(alias="explicit_certificate_trust")] = False
+    """Accepted for compatibility; the sidecar always trusts exactly the STS's own CA."""
+    extra_env: dict[EnvName, str] = {}
+    """Further variables for application containers, e.g. `AWS_STS_REGIONAL_ENDPOINTS`."""
+
+    @property
+    def label_key(self) -> str:
+        return LABEL_PREFIX + self.label
+
+
+class Endpoint(Model):
+    """One STS endpoint: an audience, an issuer with its own key set, and who may use it."""
+
+    name: DnsLabel
+    """Unique name; used in object names and the webhook path."""
+    audience: Annotated[str, Field(min_length=1)]
+    """`aud` of minted tokens: the relying party's client ID (e.g. `sts.amazonaws.com`)."""
+    path: Annotated[str, _check(_PATH, "a URL path such as '/aws' (starts with '/', no trailing '/')")]
+    """URL prefix of this endpoint on the token service, e.g. `/aws`."""
+    az_rules: Annotated[list[AzRule], Field(alias="azRules")] = []
+    """Authorization rules, OR-ed. No rules means no caller is allowed."""
+    issuer: Issuer
+    """The issuer relying parties trust."""
+    injector: Injector | None = None
+    """Admission webhook settings; omit to mint tokens without injection."""
+    token: Token = Token()
+    """Minted token settings."""
+
+    def rules(self) -> tuple[rule_filter.Filter, ...]:
+        return tuple(rule.compiled() for rule in self.az_rules)
+
+
+class TLS(Model):
+    """Where the runtime's serving certificate comes from."""
+
+    mode: Literal["runtime", "cert-manager"] = "runtime"
+    secret_name: SecretName
+    """Secret holding `tls.crt`, `tls.key` and `ca.crt`."""
+    dns_names: tuple[str, ...]
+    """Names the serving certificate must cover."""
+
+
+class RuntimeConfig(Model):
+    """Everything the runtime process reads at start (the rendered ConfigMap's `config.json`)."""
+
+    cluster: str
+    """Value of the `cluster` claim and rule attribute."""
+    namespace: DnsLabel
+    """Namespace the runtime runs in (its Secrets live here)."""
+    service_url: str
+    """Base URL the sidecars use to reach the token service."""
+    sts_audience: str
+    """Audience of the projected ServiceAccount tokens the sidecars present."""
+    port: int = 8443
+    native_sidecars: bool = True
+    """Inject the sidecar as a native sidecar (Kubernetes 1.29+)."""
+    sidecar_image: str
+    sidecar_resources: dict[str, dict[str, str]]
+    webhook_configurations: tuple[str, ...] = ()
+    """Names of our MutatingWebhookConfigurations (kept current in `runtime` TLS mode)."""
+    tls: TLS
+    endpoints: tuple[Endpoint, ...]

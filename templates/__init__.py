@@ -1,0 +1,1 @@
+"""Jinja2 templates, one Kubernetes object per file."""
