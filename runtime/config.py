@@ -17,6 +17,7 @@ import pydantic.alias_generators
 from pydantic import Field
 
 from kube_sts.runtime import filter as rule_filter
+from kube_sts.runtime import keyset
 
 __all__ = [
     "TLS",
@@ -133,6 +134,18 @@ class KeyManagement(Model):
     """How long a new key is published in the JWKS before it signs (relying parties' caches)."""
     wait_for_publication: bool = True
     """Hold a new key back from signing until the issuer's public JWKS serves it."""
+    retain_after: Duration | None = None
+    """How long a key stays in the JWKS after it stops signing. Default: the token lifetime plus
+    5 minutes of clock skew; shorter values are rejected (tokens would outlive their key)."""
+
+    @pydantic.model_validator(mode="after")
+    def _lead_within_period(self) -> KeyManagement:
+        if self.rotation_period <= self.publish_lead:
+            raise ValueError(
+                f"rotationPeriod ({self.rotation_period}s) must be longer than publishLead "
+                f"({self.publish_lead}s); a key must sign longer than its successor is announced"
+            )
+        return self
 
 
 class Issuer(Model):
@@ -220,6 +233,18 @@ class Endpoint(Model):
 
     def rules(self) -> tuple[rule_filter.Filter, ...]:
         return tuple(rule.compiled() for rule in self.az_rules)
+
+    @pydantic.model_validator(mode="after")
+    def _tokens_outlived_by_keys(self) -> Endpoint:
+        retain = self.issuer.keys.retain_after
+        needed = self.token.lifetime + keyset.CLOCK_SKEW
+        if retain is not None and retain < needed:
+            raise ValueError(
+                f"issuer.keys.retainAfter ({retain}s) is shorter than token.lifetime ({self.token.lifetime}s) "
+                f"plus {keyset.CLOCK_SKEW}s clock skew: tokens would outlive their key in the JWKS; "
+                f"raise retainAfter to at least {needed}s or shorten the lifetime"
+            )
+        return self
 
 
 class TLS(Model):
