@@ -180,17 +180,15 @@ class KeySet:
     def signing_key(self, now: int, held: Collection[str] = ()) -> Key:
         """The key that signs at ``now``; raises ``KeySetError`` with the reason when none can.
 
-        ``held`` names keys that must not sign yet (for example not yet served by the issuer's
-        public JWKS); the next best key in its window signs instead.
+        ``held`` names keys to avoid (for example not yet served by the issuer's public JWKS):
+        the best key in its window that is not held signs; only when every key in its window is
+        held does the best held key sign, since an unannounced key is still the scheduled one.
         """
-        found = self.candidates(now, held)
+        found = self.candidates(now, held) or self.candidates(now)
         if found:
             return found[0]
         if not self.keys:
             raise KeySetError("the key set has no keys; create one with `sts-compile keys create`")
-        waiting = [key.kid for key in self.keys if key.signs_at(now) and key.kid in held]
-        if waiting:
-            raise KeySetError(f"no key can sign at {now}: {', '.join(waiting)} not yet published by the issuer")
         upcoming = [key for key in self.keys if key.sign_from > now]
         if upcoming:
             first = min(upcoming, key=_order)
