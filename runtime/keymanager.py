@@ -1,0 +1,379 @@
+"""Key management: each endpoint's current key set, reloaded, rotated and checked for publication.
+
+A ``KeyProvider`` per endpoint answers the token service (``signing_key()``, ``published()``,
+``jwks()``, ``status()``) from an immutable snapshot that ``refresh()`` replaces:
+
+- the key set comes from the mounted Secret file, re-read on every refresh (a content hash
+  decides whether it changed; mounted Secrets are swapped on disk, so files, not inotify, are the
+  signal); in ``managed`` mode the Secret is read and written through the API server instead,
+  created when absent and rotated on schedule (``rotation``), and a write that loses the
+  optimistic-concurrency race is dropped in favour of the winner's key set;
+- with ``wait_for_publication`` the issuer's public JWKS (``https://<host>/certs``) is fetched
+  until it serves every key, and keys it does not serve yet are held back from signing while an
+  older key can still sign.
+
+A ``KeyManager`` owns the providers of all endpoints and refreshes them on a background thread.
+Log lines name keys by ``kid`` only; private key material is never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import pathlib
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from kube_sts.runtime import config, keyset, rotation
+
+__all__ = [
+    "DATA_KEY",
+    "KEYS_DIR",
+    "ConflictError",
+    "KeyManager",
+    "KeyProvider",
+    "SecretStore",
+    "Snapshot",
+    "fetch_jwks",
+]
+
+DATA_KEY = "keyset.json"
+KEYS_DIR = pathlib.Path("/etc/kube-sts/keys")
+PUBLICATION_INTERVAL = 60
+"""Seconds between fetches of the issuer's public JWKS while a key is not served yet."""
+REFRESH_INTERVAL = 15.0
+
+log = logging.getLogger("kube_sts.keys")
+
+Clock = Callable[[], float]
+JwksFetcher = Callable[[str], Mapping[str, Any]]
+
+
+class ConflictError(Exception):
+    """The Secret changed (or appeared) since it was read: another writer won the race."""
+
+
+class SecretStore(Protocol):
+    """The key set Secret in the API server (``keyset.json`` bytes and the resourceVersion)."""
+
+    def read(self, namespace: str, name: str) -> tuple[bytes, str] | None: ...
+
+    def create(self, namespace: str, name: str, data: bytes) -> str: ...
+
+    def replace(self, namespace: str, name: str, data: bytes, resource_version: str) -> str: ...
+
+
+def fetch_jwks(url: str) -> Mapping[str, Any]:
+    """GET a JWKS over HTTPS with the system trust store."""
+    if not url.startswith("https://"):
+        raise ValueError(f"refusing to fetch {url!r}: only https issuer URLs are checked")
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        document = json.loads(response.read(1 << 20))
+    if not isinstance(document, dict):
+        raise ValueError(f"{url} did not return a JSON object")
+    return document
+
+
+def _served_kids(document: Mapping[str, Any]) -> frozenset[str]:
+    entries = document.get("keys")
+    if not isinstance(entries, list):
+        raise ValueError("the JWKS has no 'keys' list")
+    return frozenset(entry["kid"] for entry in entries if isinstance(entry, dict) and isinstance(entry.get("kid"), str))
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a provider serves until the next refresh."""
+
+    keys: keyset.KeySet | None
+    served: frozenset[str]
+    problem: str | None
+    """Why the key set could not be (re)loaded; the last good key set stays in use."""
+
+
+class KeyProvider:
+    """One endpoint's keys, as the token service sees them."""
+
+    def __init__(
+        self,
+        endpoint: config.Endpoint,
+        *,
+        namespace: str,
+        path: pathlib.Path | None = None,
+        secrets: SecretStore | None = None,
+        fetcher: JwksFetcher | None = fetch_jwks,
+        clock: Clock = time.time,
+    ) -> None:
+        self.endpoint = endpoint
+        self.namespace = namespace
+        self.path = path if path is not None else KEYS_DIR / endpoint.name / DATA_KEY
+        self.secrets = secrets
+        self.fetcher = fetcher
+        self.clock = clock
+        self.policy = rotation.Policy.of(endpoint)
+        self.managed = endpoint.issuer.keys.mode == "managed"
+        self._snapshot = Snapshot(None, frozenset(), "the key set has not been loaded yet")
+        self._digest: str | None = None
+        self._last_fetch: float | None = None
+        self._resource_version = ""
+        self._warned: str | None = None
+        self._lock = threading.Lock()
+
+    # -- what the token service asks -------------------------------------------------------
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def held(self, snapshot: Snapshot | None = None) -> frozenset[str]:
+        """Keys not yet served by the issuer's public JWKS (empty unless waiting is enabled)."""
+        current = snapshot or self._snapshot
+        if current.keys is None or not self.endpoint.issuer.keys.wait_for_publication or self.fetcher is None:
+            return frozenset()
+        return frozenset(key.kid for key in current.keys.keys) - current.served
+
+    def signing_key(self) -> keyset.Key:
+        """The key to sign with now; raises ``KeySetError`` with the reason when none can."""
+        snapshot = self._snapshot
+        if snapshot.keys is None:
+            raise keyset.KeySetError(snapshot.problem or "no key set")
+        return snapshot.keys.signing_key(self.now(), self.held(snapshot))
+
+    def published(self) -> tuple[keyset.Key, ...]:
+        snapshot = self._snapshot
+        if snapshot.keys is None:
+            return ()
+        return snapshot.keys.published(self.now(), self.policy.retention)
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return {"keys": [key.public_jwk() for key in self.published()]}
+
+    def status(self) -> tuple[bool, str]:
+        """(ready, reason): ready when a key can sign now."""
+        try:
+            key = self.signing_key()
+        except keyset.KeySetError as exc:
+            return False, f"endpoint {self.endpoint.name}: {exc}"
+        problem = self._snapshot.problem
+        note = f"; last reload failed: {problem}" if problem else ""
+        return True, f"endpoint {self.endpoint.name}: signing with {key.kid}{note}"
+
+    # -- refreshing --------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Reload, rotate (managed mode) and check publication; never raises for bad input."""
+        with self._lock:
+            writable = self.managed and self.secrets is not None
+            snapshot = self._refresh_managed() if writable else self._refresh_file()
+            snapshot = self._check_publication(snapshot)
+            if snapshot.keys is not None and writable:
+                snapshot = self._rotate(snapshot)
+            self._snapshot = snapshot
+            self._report(snapshot)
+
+    def _adopt(self, data: bytes, source: str) -> Snapshot:
+        digest = hashlib.sha256(data).hexdigest()
+        current = self._snapshot
+        if digest == self._digest and current.keys is not None:
+            return dataclasses.replace(current, problem=None)
+        try:
+            loaded = keyset.loads(data)
+        except keyset.KeySetError as exc:
+            problem = f"{source}: {exc}"
+            if problem != current.problem:
+                log.error("endpoint %s: cannot use the key set in %s", self.endpoint.name, problem)
+            return dataclasses.replace(current, problem=problem)
+        self._digest = digest
+        log.info(
+            "endpoint %s: loaded key set %s from %s (kids %s)",
+            self.endpoint.name,
+            keyset.fingerprint(loaded),
+            source,
+            ", ".join(key.kid for key in loaded.keys) or "none",
+        )
+        return Snapshot(loaded, current.served, None)
+
+    def _refresh_file(self) -> Snapshot:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            hint = (
+                f"create Secret {self.endpoint.issuer.keypair} with `sts-compile keys secret`"
+                if not self.managed
+                else "the runtime creates it when it can reach the API server"
+            )
+            return dataclasses.replace(self._snapshot, problem=f"key set file {self.path} is missing; {hint}")
+        except OSError as exc:
+            return dataclasses.replace(self._snapshot, problem=f"cannot read {self.path}: {exc.strerror}")
+        return self._adopt(data, str(self.path))
+
+    def _secret_source(self) -> str:
+        return f"Secret {self.namespace}/{self.endpoint.issuer.keypair}"
+
+    def _refresh_managed(self) -> Snapshot:
+        assert self.secrets is not None
+        name = self.endpoint.issuer.keypair
+        try:
+            found = self.secrets.read(self.namespace, name)
+            if found is None:
+                return self._create(name)
+            data, self._resource_version = found
+        except ConflictError:
+            return self._refresh_managed_after_conflict(name)
+        except Exception as exc:  # the API server is unreachable or refused: keep going on the file
+            log.warning("endpoint %s: cannot read %s (%s); using the mounted file", self.endpoint.name, name, exc)
+            if self._snapshot.keys is not None:
+                return self._snapshot
+            return self._refresh_file()
+        return self._adopt(data, self._secret_source())
+
+    def _refresh_managed_after_conflict(self, name: str) -> Snapshot:
+        assert self.secrets is not None
+        found = self.secrets.read(self.namespace, name)
+        if found is None:
+            return dataclasses.replace(self._snapshot, problem=f"{self._secret_source()} vanished while creating it")
+        data, self._resource_version = found
+        return self._adopt(data, self._secret_source())
+
+    def _create(self, name: str) -> Snapshot:
+        assert self.secrets is not None
+        now = self.now()
+        step = rotation.next_keyset(keyset.KeySet(), now, self.policy, self._new_key)
+        data = keyset.dumps(step.keyset)
+        try:
+            self._resource_version = self.secrets.create(self.namespace, name, data)
+        except ConflictError:
+            log.info("endpoint %s: another replica created %s first; using its key set", self.endpoint.name, name)
+            return self._refresh_managed_after_conflict(name)
+        log.info("endpoint %s: created %s (%s)", self.endpoint.name, self._secret_source(), "; ".join(step.changes))
+        return self._adopt(data, self._secret_source())
+
+    def _new_key(self, created: int, sign_from: int, sign_until: int) -> keyset.Key:
+        return keyset.generate(self.policy.algorithm, created=created, sign_from=sign_from, sign_until=sign_until)
+
+    def _rotate(self, snapshot: Snapshot) -> Snapshot:
+        assert self.secrets is not None and snapshot.keys is not None
+        if snapshot.problem is not None:
+            return snapshot  # never overwrite a key set we could not read
+        step = rotation.next_keyset(snapshot.keys, self.now(), self.policy, self._new_key, self.held(snapshot))
+        if not step.changed:
+            return snapshot
+        name = self.endpoint.issuer.keypair
+        data = keyset.dumps(step.keyset)
+        try:
+            self._resource_version = self.secrets.replace(self.namespace, name, data, self._resource_version)
+        except ConflictError:
+            log.info("endpoint %s: another replica rotated %s first; reloading it", self.endpoint.name, name)
+            return self._check_publication(self._refresh_managed_after_conflict(name))
+        except Exception as exc:
+            log.warning("endpoint %s: cannot write %s (%s); will retry", self.endpoint.name, name, exc)
+            return snapshot
+        for change in step.changes:
+            log.info("endpoint %s: %s", self.endpoint.name, change)
+        self._digest = hashlib.sha256(data).hexdigest()
+        return Snapshot(step.keyset, snapshot.served, None)
+
+    def _check_publication(self, snapshot: Snapshot) -> Snapshot:
+        if snapshot.keys is None or self.fetcher is None or not self.endpoint.issuer.keys.wait_for_publication:
+            return snapshot
+        missing = self.held(snapshot)
+        if not missing:
+            return snapshot
+        now = self.clock()
+        if self._last_fetch is not None and now - self._last_fetch < PUBLICATION_INTERVAL:
+            return snapshot
+        self._last_fetch = now
+        url = f"{self.endpoint.issuer.url}/certs"
+        try:
+            served = _served_kids(self.fetcher(url))
+        except Exception as exc:  # any fetch or parse failure leaves the keys held
+            log.warning("endpoint %s: cannot fetch %s (%s); unserved keys stay held", self.endpoint.name, url, exc)
+            return snapshot
+        known = frozenset(key.kid for key in snapshot.keys.keys)
+        return dataclasses.replace(snapshot, served=snapshot.served | (served & known))
+
+    def _report(self, snapshot: Snapshot) -> None:
+        ready, reason = self.status()
+        held = self.held(snapshot)
+        message = reason
+        if ready and held:
+            key = self.signing_key()
+            url = f"{self.endpoint.issuer.url}/certs"
+            if key.kid in held:
+                message = f"{reason}, which {url} does not serve yet: upload the issuer documents"
+            else:
+                message = f"{reason}; {', '.join(sorted(held))} held until {url} serves it"
+        if message != self._warned:
+            (log.info if ready and not held else log.warning)("%s", message)
+            self._warned = message
+
+
+class KeyManager:
+    """The providers of all endpoints, refreshed on one background thread."""
+
+    def __init__(self, providers: Mapping[str, KeyProvider], interval: float = REFRESH_INTERVAL) -> None:
+        self.providers = dict(providers)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        runtime: config.RuntimeConfig,
+        *,
+        keys_dir: pathlib.Path = KEYS_DIR,
+        secrets: SecretStore | None = None,
+        fetcher: JwksFetcher | None = fetch_jwks,
+        clock: Clock = time.time,
+        interval: float = REFRESH_INTERVAL,
+    ) -> KeyManager:
+        providers = {
+            endpoint.name: KeyProvider(
+                endpoint,
+                namespace=runtime.namespace,
+                path=keys_dir / endpoint.name / DATA_KEY,
+                secrets=secrets,
+                fetcher=fetcher,
+                clock=clock,
+            )
+            for endpoint in runtime.endpoints
+        }
+        return cls(providers, interval)
+
+    def provider(self, endpoint: str) -> KeyProvider:
+        return self.providers[endpoint]
+
+    def refresh(self) -> None:
+        for provider in self.providers.values():
+            try:
+                provider.refresh()
+            except Exception:  # one endpoint's failure must not stop the others
+                log.exception("endpoint %s: key refresh failed", provider.endpoint.name)
+
+    def status(self) -> tuple[bool, tuple[str, ...]]:
+        """(ready, reasons): ready when every endpoint has a key that can sign now."""
+        results = [provider.status() for provider in self.providers.values()]
+        return all(ready for ready, _ in results), tuple(reason for _, reason in results)
+
+    def start(self) -> None:
+        """Refresh once now, then every ``interval`` seconds until ``stop()``."""
+        self.refresh()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kube-sts-keys", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

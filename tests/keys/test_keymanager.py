@@ -1,0 +1,199 @@
+"""Key providers reading mounted key set files: reload, bad files, waiting for publication."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from kube_sts.runtime import config, keymanager, keyset
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def endpoint(mode: str = "provided", wait: bool = True) -> config.Endpoint:
+    return config.Endpoint.model_validate(
+        {
+            "name": "aws",
+            "audience": "sts.aws.com",
+            "path": "/aws",
+            "issuer": {
+                "host": "d1.cloudfront.net",
+                "keypair": "aws-keys",
+                "keys": {"mode": mode, "waitForPublication": wait},
+            },
+        }
+    )
+
+
+def write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Swap the file the way the kubelet updates a mounted Secret (write elsewhere, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(".tmp-" + path.name)
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[keyset.Key, keyset.Key]:
+    old = keyset.generate("ES256", created=0, sign_from=0, sign_until=10_000)
+    new = keyset.generate("ES256", created=5000, sign_from=8000, sign_until=20_000)
+    return old, new
+
+
+def test_reloads_a_changed_file_without_restart(tmp_path: pathlib.Path, keys: tuple[keyset.Key, keyset.Key]) -> None:
+    old, new = keys
+    path = tmp_path / "aws" / "keyset.json"
+    write_atomically(path, keyset.dumps(keyset.KeySet((old,))))
+    runtime = config.RuntimeConfig.model_validate(
+        {
+            "cluster": "c",
+            "namespace": "kube-sts",
+            "serviceUrl": "https://kube-sts.kube-sts.svc",
+            "stsAudience": "kube-sts",
+            "sidecarImage": "img",
+            "sidecarResources": {},
+            "tls": {"secretName": "tls", "dnsNames": ["kube-sts.kube-sts.svc"]},
+            "endpoints": [endpoint(wait=False).model_dump(by_alias=True)],
+        }
+    )
+    clock = Clock(9000)
+    manager = keymanager.KeyManager.from_config(runtime, keys_dir=tmp_path, fetcher=None, clock=clock, interval=0.02)
+    manager.start()
+    try:
+        provider = manager.provider("aws")
+        assert provider.signing_key().kid == old.kid
+        write_atomically(path, keyset.dumps(keyset.KeySet((old, new))))
+        deadline = time.monotonic() + 5
+        while provider.signing_key().kid != new.kid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert provider.signing_key().kid == new.kid
+        assert [jwk["kid"] for jwk in provider.jwks()["keys"]] == [old.kid, new.kid]
+        assert manager.status() == (True, (f"endpoint aws: signing with {new.kid}",))
+    finally:
+        manager.stop()
+
+
+def test_bad_or_missing_file_is_not_ready_with_the_reason(
+    tmp_path: pathlib.Path, keys: tuple[keyset.Key, keyset.Key], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "keyset.json"
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=None, clock=Clock(100))
+    provider.refresh()
+    ready, reason = provider.status()
+    assert not ready
+    assert f"key set file {path} is missing; create Secret aws-keys with `sts-compile keys secret`" in reason
+    with pytest.raises(keyset.KeySetError):
+        provider.signing_key()
+    assert provider.jwks() == {"keys": []}
+
+    good = keyset.dumps(keyset.KeySet((keys[0],)))
+    write_atomically(path, good[: len(good) // 3])
+    with caplog.at_level(logging.ERROR, logger="kube_sts.keys"):
+        provider.refresh()
+    ready, reason = provider.status()
+    assert not ready
+    assert "corrupt or truncated JSON" in reason
+    assert "corrupt or truncated JSON" in caplog.text
+
+    write_atomically(path, good)
+    provider.refresh()
+    assert provider.status() == (True, f"endpoint aws: signing with {keys[0].kid}")
+
+    # A later bad write keeps the last good key set signing and says why.
+    write_atomically(path, b'{"version": 1, "keys": [{"alg": "HS256"}]}')
+    provider.refresh()
+    ready, reason = provider.status()
+    assert ready
+    assert "last reload failed" in reason
+    assert provider.signing_key().kid == keys[0].kid
+
+
+def test_no_key_able_to_sign_now_is_not_ready(tmp_path: pathlib.Path, keys: tuple[keyset.Key, keyset.Key]) -> None:
+    path = tmp_path / "keyset.json"
+    write_atomically(path, keyset.dumps(keyset.KeySet((keys[1],))))
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=None, clock=Clock(100))
+    provider.refresh()
+    ready, reason = provider.status()
+    assert not ready
+    assert reason == f"endpoint aws: no key can sign at 100: the next key {keys[1].kid} signs from 8000"
+
+
+class Issuer:
+    """The public JWKS at the issuer URL, as a fetcher sees it."""
+
+    def __init__(self) -> None:
+        self.kids: list[str] = []
+        self.fetched: list[str] = []
+        self.down = False
+
+    def __call__(self, url: str) -> Mapping[str, Any]:
+        self.fetched.append(url)
+        if self.down:
+            raise OSError("connection refused")
+        return {"keys": [{"kid": kid, "kty": "EC"} for kid in self.kids]}
+
+
+def test_waits_for_publication_before_activating_a_new_key(
+    tmp_path: pathlib.Path, keys: tuple[keyset.Key, keyset.Key], caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = keys
+    path = tmp_path / "keyset.json"
+    write_atomically(path, keyset.dumps(keyset.KeySet((old, new))))
+    issuer = Issuer()
+    issuer.kids = [old.kid]
+    clock = Clock(9000)
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=issuer, clock=clock)
+    with caplog.at_level(logging.INFO, logger="kube_sts.keys"):
+        provider.refresh()
+    assert issuer.fetched == ["https://d1.cloudfront.net/certs"]
+    assert provider.signing_key().kid == old.kid  # new is due, but not served yet
+    assert f"{new.kid} held until https://d1.cloudfront.net/certs serves it" in caplog.text
+    assert [jwk["kid"] for jwk in provider.jwks()["keys"]] == [old.kid, new.kid]
+
+    issuer.kids = [old.kid, new.kid]
+    clock.now += 10
+    provider.refresh()
+    assert len(issuer.fetched) == 1  # fetched at most once a minute
+    assert provider.signing_key().kid == old.kid
+
+    issuer.down = True
+    clock.now += keymanager.PUBLICATION_INTERVAL
+    provider.refresh()
+    assert provider.signing_key().kid == old.kid  # an unreachable issuer keeps the key held
+
+    issuer.down = False
+    clock.now += keymanager.PUBLICATION_INTERVAL
+    provider.refresh()
+    assert len(issuer.fetched) == 3
+    assert provider.signing_key().kid == new.kid
+    clock.now += keymanager.PUBLICATION_INTERVAL
+    provider.refresh()
+    assert len(issuer.fetched) == 3  # nothing left to check
+
+
+def test_only_key_signs_even_before_publication(tmp_path: pathlib.Path, keys: tuple[keyset.Key, keyset.Key]) -> None:
+    # First deployment: the documents can only be uploaded once the service runs, so the only
+    # key signs and the log says the upload is missing.
+    path = tmp_path / "keyset.json"
+    write_atomically(path, keyset.dumps(keyset.KeySet((keys[0],))))
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=Issuer(), clock=Clock(50))
+    provider.refresh()
+    assert provider.signing_key().kid == keys[0].kid
+    assert provider.status()[0]
+
+
+def test_fetch_jwks_refuses_plain_http() -> None:
+    with pytest.raises(ValueError, match="only https"):
+        keymanager.fetch_jwks("http://d1.cloudfront.net/certs")
