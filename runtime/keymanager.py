@@ -188,6 +188,11 @@ class KeyProvider:
             if problem != current.problem:
                 log.error("endpoint %s: cannot use the key set in %s", self.endpoint.name, problem)
             return dataclasses.replace(current, problem=problem)
+        if loaded.endpoint not in (None, self.endpoint.name):
+            problem = f"{source}: the key set belongs to endpoint {loaded.endpoint!r}, not {self.endpoint.name!r}"
+            if problem != current.problem:
+                log.error("endpoint %s: refusing %s", self.endpoint.name, problem)
+            return dataclasses.replace(current, problem=problem)
         self._digest = digest
         log.info(
             "endpoint %s: loaded key set %s from %s (kids %s)",
@@ -243,7 +248,8 @@ class KeyProvider:
     def _create(self, name: str) -> Snapshot:
         assert self.secrets is not None
         now = self.now()
-        step = rotation.next_keyset(keyset.KeySet(), now, self.policy, self._new_key)
+        empty = keyset.KeySet(endpoint=self.endpoint.name)
+        step = rotation.next_keyset(empty, now, self.policy, self._new_key)
         data = keyset.dumps(step.keyset)
         try:
             self._resource_version = self.secrets.create(self.namespace, name, data)

@@ -4,6 +4,7 @@ The serialized form (the ``keyset.json`` data key of the endpoint's Secret) is, 
 
     {
       "version": 1,
+      "endpoint": "<endpoint name>",          (optional; the runtime refuses another endpoint's set)
       "keys": [
         {
           "kid": "<RFC 7638 JWK thumbprint, SHA-256, base64url>",
@@ -158,8 +159,12 @@ class KeySet:
     """An endpoint's keys, kept in ``(sign_from, kid)`` order."""
 
     keys: tuple[Key, ...] = ()
+    endpoint: str | None = None
+    """The endpoint this set belongs to, when recorded."""
 
     def __post_init__(self) -> None:
+        if self.endpoint is not None and not (isinstance(self.endpoint, str) and self.endpoint):
+            raise KeySetError("'endpoint' must be a non-empty string")
         seen: set[str] = set()
         for key in self.keys:
             if key.kid in seen:
@@ -208,7 +213,7 @@ class KeySet:
         return {"keys": [key.public_jwk() for key in self.published(now, retention)]}
 
     def with_keys(self, keys: Iterable[Key]) -> KeySet:
-        return KeySet(tuple(keys))
+        return KeySet(tuple(keys), self.endpoint)
 
 
 def generate(
@@ -288,13 +293,16 @@ def loads(data: bytes | str) -> KeySet:
     version = document.get("version")
     if version != FORMAT_VERSION:
         raise KeySetError(f"unsupported key set version {version!r}; this runtime reads version {FORMAT_VERSION}")
-    unknown = sorted(set(document) - {"version", "keys"})
+    unknown = sorted(set(document) - {"version", "endpoint", "keys"})
     if unknown:
         raise KeySetError(f"unknown top-level field {unknown[0]!r}")
     entries = document.get("keys")
     if not isinstance(entries, list):
         raise KeySetError("'keys' must be a list")
-    return KeySet(tuple(_key(entry, f"keys[{index}]") for index, entry in enumerate(entries)))
+    endpoint = document.get("endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
+        raise KeySetError("'endpoint' must be a non-empty string")
+    return KeySet(tuple(_key(entry, f"keys[{index}]") for index, entry in enumerate(entries)), endpoint)
 
 
 def dumps(keyset: KeySet) -> bytes:
@@ -310,7 +318,11 @@ def dumps(keyset: KeySet) -> bytes:
         }
         for key in keyset.keys
     ]
-    return (json.dumps({"version": FORMAT_VERSION, "keys": entries}, indent=2) + "\n").encode("ascii")
+    document: dict[str, Any] = {"version": FORMAT_VERSION}
+    if keyset.endpoint is not None:
+        document["endpoint"] = keyset.endpoint
+    document["keys"] = entries
+    return (json.dumps(document, indent=2) + "\n").encode("ascii")
 
 
 def fingerprint(keyset: KeySet) -> str:

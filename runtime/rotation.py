@@ -91,7 +91,7 @@ def next_keyset(
         fresh = new_key(now, now, now + policy.rotation_period)
         keys.append(fresh)
         changes.append(f"created {fresh.kid} signing from {now} (no key could sign)")
-        return Step(keyset.KeySet(tuple(keys)), tuple(changes))
+        return Step(current.with_keys(keys), tuple(changes))
 
     last = max(keys, key=lambda key: (key.sign_until, key.kid))
     if now >= last.sign_until - policy.publish_lead:
@@ -109,7 +109,7 @@ def next_keyset(
             keys, note = extended
             changes.append(note)
 
-    return Step(keyset.KeySet(tuple(keys)), tuple(changes))
+    return Step(current.with_keys(keys), tuple(changes))
 
 
 def _hold(
