@@ -1,0 +1,370 @@
+"""`sts-compile keys ...` and `sts-compile issuer-docs ...`: key set files and issuer documents.
+
+Everything works offline except ``issuer-docs --url``. Key set files are written atomically with
+mode 0600. Only ``keys secret`` prints private key material, and it says so on stderr.
+Exit codes: 0 ok, 1 invalid input, 2 usage error; diagnostics go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import pathlib
+import re
+import ssl
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+from kube_sts.runtime import config, keyset
+
+__all__ = ["main"]
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DEFAULT_SIGN_FOR = "30d"
+DEFAULT_LEAD = "1d"
+DEFAULT_LIFETIME = "1h"
+
+
+class InputError(Exception):
+    """Invalid input: reported on stderr with exit code 1."""
+
+
+class UsageError(Exception):
+    """Bad command line: reported on stderr with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise SystemExit(status)
+
+
+def _duration(value: str) -> int:
+    try:
+        seconds = config.parse_duration(value if not value.isdigit() else int(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return int(seconds)
+
+
+def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if len(value) > 253 or not pattern.match(value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
+        return value
+
+    return check
+
+
+def _read(path: str) -> keyset.KeySet:
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return keyset.loads(data)
+    except keyset.KeySetError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _write(path: str, keys: keyset.KeySet, *, overwrite: bool) -> None:
+    """Atomically write a key set file readable by its owner only."""
+    target = pathlib.Path(path)
+    if not overwrite and target.exists():
+        raise InputError(f"{path}: already exists; use `keys add` to add a key, or --force to replace it")
+    directory = target.parent if str(target.parent) else pathlib.Path(".")
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(keyset.dumps(keys))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _now(args: argparse.Namespace) -> int:
+    return int(args.now) if args.now is not None else int(time.time())
+
+
+def _generate(algorithm: str, created: int, sign_from: int, sign_until: int, bits: int) -> keyset.Key:
+    try:
+        return keyset.generate(algorithm, created=created, sign_from=sign_from, sign_until=sign_until, rsa_bits=bits)
+    except keyset.KeySetError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    now = _now(args)
+    key = _generate(args.algorithm, now, now, now + args.sign_for, args.rsa_bits)
+    _write(args.output, keyset.KeySet((key,), args.endpoint), overwrite=args.force)
+    err.write(f"{args.output}: created key set for endpoint {args.endpoint} with {key.kid} ({key.algorithm})\n")
+    return 0
+
+
+def _add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    current = _read(args.file)
+    now = _now(args)
+    start = now + args.lead
+    algorithm = args.algorithm or (current.keys[-1].algorithm if current.keys else "RS256")
+    key = _generate(algorithm, now, start, start + args.sign_for, args.rsa_bits)
+    keys: list[keyset.Key] = []
+    for old in current.keys:
+        if old.sign_until <= now:
+            keys.append(old)  # already retired
+        else:
+            # Older keys hand over at `start`; they stay in their window for one more lead so
+            # they keep signing while the new key waits for the issuer to serve it.
+            keys.append(old.replace(sign_until=max(min(old.sign_until, start + args.lead), start)))
+    keys.append(key)
+    _write(args.file, current.with_keys(keys), overwrite=True)
+    err.write(
+        f"{args.file}: added {key.kid} ({key.algorithm}), published from now, signs from {start}; "
+        "upload the issuer documents before then (sts-compile issuer-docs)\n"
+    )
+    return 0
+
+
+def _retire(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    current = _read(args.file)
+    target = current.get(args.kid)
+    if target is None:
+        raise InputError(f"{args.file}: no key with kid {args.kid!r}")
+    now = _now(args)
+    if args.remove:
+        keys = [key for key in current.keys if key.kid != args.kid]
+        message = f"removed {args.kid}: tokens it signed stop verifying once relying parties refetch the JWKS"
+    else:
+        until = max(min(target.sign_until, now), target.sign_from + 1)
+        keys = [key.replace(sign_until=until) if key.kid == args.kid else key for key in current.keys]
+        message = f"retired {args.kid}: stops signing at {until}; stays published until its tokens expire"
+    updated = current.with_keys(keys)
+    try:
+        updated.signing_key(now)
+    except keyset.KeySetError as exc:
+        if not args.force:
+            raise InputError(f"{args.file}: refusing, {exc}; add a key first (`keys add`) or pass --force") from None
+    _write(args.file, updated, overwrite=True)
+    err.write(f"{args.file}: {message}\n")
+    return 0
+
+
+def _prune(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    current = _read(args.file)
+    now = _now(args)
+    keep = current.published(now, args.token_lifetime + keyset.CLOCK_SKEW)
+    for key in current.keys:
+        if key not in keep:
+            err.write(f"{args.file}: pruned {key.kid} (stopped signing at {key.sign_until})\n")
+    _write(args.file, current.with_keys(keep), overwrite=True)
+    return 0
+
+
+def _state(key: keyset.Key, signing: str | None, now: int) -> str:
+    if key.kid == signing:
+        return "signing"
+    if key.sign_from > now:
+        return "next"
+    if key.sign_until <= now:
+        return "retired"
+    return "standby"
+
+
+def _show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    current = _read(args.file)
+    now = _now(args)
+    try:
+        signing: str | None = current.signing_key(now).kid
+    except keyset.KeySetError as exc:
+        signing = None
+        err.write(f"{args.file}: warning: {exc}\n")
+    document = {
+        "endpoint": current.endpoint,
+        "now": now,
+        "keys": [
+            {
+                "kid": key.kid,
+                "alg": key.algorithm,
+                "state": _state(key, signing, now),
+                "created": key.created,
+                "signFrom": key.sign_from,
+                "signUntil": key.sign_until,
+                "publicJwk": key.public_jwk(),
+            }
+            for key in current.keys
+        ],
+    }
+    out.write(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+def _secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    current = _read(args.file)
+    data = base64.b64encode(keyset.dumps(current)).decode("ascii")
+    labels = ["app.kubernetes.io/name: kube-sts", "app.kubernetes.io/component: keys"]
+    if current.endpoint is not None:
+        labels.append(f"kube-sts.io/endpoint: {current.endpoint}")
+    lines = [
+        "apiVersion: v1",
+        "kind: Secret",
+        "metadata:",
+        f"  name: {args.name}",
+        f"  namespace: {args.namespace}",
+        "  labels:",
+        *(f"    {label}" for label in labels),
+        "type: Opaque",
+        "data:",
+        f"  keyset.json: {data}",
+    ]
+    err.write(
+        "warning: this manifest contains private signing keys; pipe it to kubeseal or kubectl, "
+        "never commit or paste it\n"
+    )
+    out.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _write_documents(directory: str, discovery: Any, jwks: Any) -> None:
+    root = pathlib.Path(directory)
+    (root / ".well-known").mkdir(parents=True, exist_ok=True)
+    for relative, document in ((".well-known/openid-configuration", discovery), ("certs", jwks)):
+        (root / relative).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def _check_documents(origin: str, documents: Any) -> tuple[Any, Any]:
+    if not isinstance(documents, dict) or not isinstance(documents.get("discovery"), dict):
+        raise InputError(f"{origin}: expected {{'discovery': {{...}}, 'keys': {{'keys': [...]}}}}")
+    jwks = documents.get("keys")
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        raise InputError(f"{origin}: the issuer documents carry no keys")
+    for entry in jwks["keys"]:
+        if not isinstance(entry, dict) or "d" in entry or "kid" not in entry:
+            raise InputError(f"{origin}: every JWKS entry must be a public key with a kid")
+    return documents["discovery"], jwks
+
+
+def _fetch(url: str, cafile: str | None) -> Any:
+    if not url.startswith("https://"):
+        raise InputError(f"{url}: use the https URL of the endpoint's issuer-docs route")
+    context = ssl.create_default_context(cafile=cafile)
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+            return json.loads(response.read(4 << 20))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise InputError(f"{url}: cannot fetch the issuer documents: {exc}") from None
+
+
+def _issuer_docs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    discovery, jwks = _check_documents(args.url, _fetch(args.url, args.cacert))
+    _write_documents(args.output, discovery, jwks)
+    kids = ", ".join(entry["kid"] for entry in jwks["keys"])
+    err.write(f"{args.output}: wrote .well-known/openid-configuration and certs (kids {kids})\n")
+    return 0
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="sts-compile", description="Key sets and issuer documents for kube-sts endpoints.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _keys_parser(commands.add_parser("keys", help="create and change key set files (offline)"))
+    _docs_parser(commands.add_parser("issuer-docs", help="write .well-known/openid-configuration and certs"))
+    return parser
+
+
+_NOW: dict[str, Any] = {"type": int, "default": None, "help": "the current time in epoch seconds (default: the clock)"}
+
+
+def _keys_parser(keys: argparse.ArgumentParser) -> None:
+    actions = keys.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    now = _NOW
+
+    create = actions.add_parser("create", help="write a new key set file with one signing key")
+    create.add_argument("--endpoint", required=True, type=_name(_DNS_LABEL, "an endpoint name (DNS label)"))
+    create.add_argument("--algorithm", choices=keyset.ALGORITHMS, default="RS256")
+    create.add_argument("--sign-for", type=_duration, default=DEFAULT_SIGN_FOR, help="signing window (default 30d)")
+    create.add_argument("--rsa-bits", type=int, default=keyset.MIN_RSA_BITS)
+    create.add_argument("-o", "--output", required=True, help="key set file to write")
+    create.add_argument("--force", action="store_true", help="replace an existing file")
+    create.add_argument("--now", **now)
+    create.set_defaults(run=_create)
+
+    add = actions.add_parser("add", help="add a key that signs after the publication lead time")
+    add.add_argument("file")
+    add.add_argument("--algorithm", choices=keyset.ALGORITHMS, default=None, help="default: the newest key's")
+    add.add_argument("--lead", type=_duration, default=DEFAULT_LEAD, help="publication lead (default 1d)")
+    add.add_argument("--sign-for", type=_duration, default=DEFAULT_SIGN_FOR, help="signing window (default 30d)")
+    add.add_argument("--rsa-bits", type=int, default=keyset.MIN_RSA_BITS)
+    add.add_argument("--now", **now)
+    add.set_defaults(run=_add)
+
+    retire = actions.add_parser("retire", help="stop signing with a key (it stays published until its tokens expire)")
+    retire.add_argument("kid")
+    retire.add_argument("file")
+    retire.add_argument("--remove", action="store_true", help="remove it at once (a compromised key)")
+    retire.add_argument("--force", action="store_true", help="even if no key could sign afterwards")
+    retire.add_argument("--now", **now)
+    retire.set_defaults(run=_retire)
+
+    prune = actions.add_parser("prune", help="remove keys whose tokens have all expired")
+    prune.add_argument("file")
+    prune.add_argument("--token-lifetime", type=_duration, default=DEFAULT_LIFETIME)
+    prune.add_argument("--now", **now)
+    prune.set_defaults(run=_prune)
+
+    show = actions.add_parser("show", help="print the public part of a key set as JSON")
+    show.add_argument("file")
+    show.add_argument("--now", **now)
+    show.set_defaults(run=_show)
+
+    secret = actions.add_parser("secret", help="print the Secret manifest (contains private keys)")
+    secret.add_argument("file")
+    secret.add_argument("--name", required=True, type=_name(_DNS_SUBDOMAIN, "a Secret name"))
+    secret.add_argument("--namespace", required=True, type=_name(_DNS_LABEL, "a namespace name"))
+    secret.set_defaults(run=_secret)
+
+
+def _docs_parser(docs: argparse.ArgumentParser) -> None:
+    docs.add_argument("--url", required=True, help="https://<service>/<path>/issuer-docs of a running endpoint")
+    docs.add_argument("--cacert", help="CA bundle to trust for --url")
+    docs.add_argument("-o", "--output", required=True, help="directory to write (then `aws s3 sync` it)")
+    docs.set_defaults(run=_issuer_docs)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run ``keys ...`` or ``issuer-docs ...``; returns the exit code."""
+    stdout = out if out is not None else sys.stdout
+    stderr = err if err is not None else sys.stderr
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(arguments)
+        result: int = args.run(args, stdout, stderr)
+    except UsageError as exc:
+        stderr.write(f"{exc}\n")
+        return 2
+    except InputError as exc:
+        stderr.write(f"error: {exc}\n")
+        return 1
+    except OSError as exc:
+        stderr.write(f"error: {exc.filename or ''}: {exc.strerror}\n")
+        return 1
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    return result
