@@ -257,6 +257,11 @@ def _check_documents(origin: str, documents: Any) -> tuple[Any, Any]:
     for entry in jwks["keys"]:
         if not isinstance(entry, dict) or "d" in entry or "kid" not in entry:
             raise InputError(f"{origin}: every JWKS entry must be a public key with a kid")
+    issuer_url = documents["discovery"].get("issuer")
+    if not isinstance(issuer_url, str) or not issuer_url.startswith("https://") or issuer_url.endswith("/"):
+        raise InputError(f"{origin}: the discovery document's issuer {issuer_url!r} is not an https URL")
+    if documents["discovery"].get("jwks_uri") != f"{issuer_url}/certs":
+        raise InputError(f"{origin}: jwks_uri must be {issuer_url}/certs, the layout `aws s3 sync` uploads")
     return documents["discovery"], jwks
 
 
@@ -272,8 +277,22 @@ def _fetch(url: str, cafile: str | None) -> Any:
         raise InputError(f"{url}: cannot fetch the issuer documents: {exc}") from None
 
 
+def _load_documents(path: str) -> Any:
+    origin = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else pathlib.Path(path).read_text(encoding="utf-8")
+        return json.loads(text)
+    except OSError as exc:
+        raise InputError(f"{origin}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"{origin}: not JSON ({exc})") from None
+
+
 def _issuer_docs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    discovery, jwks = _check_documents(args.url, _fetch(args.url, args.cacert))
+    if args.url is not None:
+        discovery, jwks = _check_documents(args.url, _fetch(args.url, args.cacert))
+    else:
+        discovery, jwks = _check_documents(args.documents, _load_documents(args.documents))
     _write_documents(args.output, discovery, jwks)
     kids = ", ".join(entry["kid"] for entry in jwks["keys"])
     err.write(f"{args.output}: wrote .well-known/openid-configuration and certs (kids {kids})\n")
@@ -342,7 +361,9 @@ def _keys_parser(keys: argparse.ArgumentParser) -> None:
 
 
 def _docs_parser(docs: argparse.ArgumentParser) -> None:
-    docs.add_argument("--url", required=True, help="https://<service>/<path>/issuer-docs of a running endpoint")
+    source = docs.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="https://<service>/<path>/issuer-docs of a running endpoint")
+    source.add_argument("--documents", help="a saved issuer-docs answer, '-' for stdin (e.g. from kubectl get --raw)")
     docs.add_argument("--cacert", help="CA bundle to trust for --url")
     docs.add_argument("-o", "--output", required=True, help="directory to write (then `aws s3 sync` it)")
     docs.set_defaults(run=_issuer_docs)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import http.server
 import io
+import ipaddress
 import json
 import pathlib
+import ssl
 import stat
+import threading
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from ruamel.yaml import YAML
 
 from kube_sts.compiler import keys as keys_cli
@@ -143,7 +151,7 @@ def test_secret_manifest(created: pathlib.Path) -> None:
         (["keys", "secret", "x.json", "--name", "Bad_Name", "--namespace", "ns"], 2, "is not a Secret name"),
         (["keys", "show", "missing.json"], 1, "missing.json: cannot read"),
         (["frobnicate"], 2, "invalid choice"),
-        (["issuer-docs", "-o", "out"], 2, "the following arguments are required: --url"),
+        (["issuer-docs", "-o", "out"], 2, "one of the arguments --url --documents is required"),
     ],
 )
 def test_usage_and_input_errors(
@@ -163,3 +171,119 @@ def test_bad_key_set_file(tmp_path: pathlib.Path) -> None:
         code, out, err = run(*argv)
         assert (code, out) == (1, "")
         assert "corrupt or truncated JSON" in err
+
+
+def issuer_documents(path: pathlib.Path, host: str = "d1.cloudfront.net") -> dict[str, object]:
+    keys = keyset.loads(path.read_bytes())
+    discovery = {"issuer": f"https://{host}", "jwks_uri": f"https://{host}/certs"}
+    return {"discovery": discovery, "keys": keys.jwks(NOW)}
+
+
+def test_issuer_docs_from_a_saved_answer(created: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    saved = tmp_path / "issuer-docs.json"
+    documents = issuer_documents(created)
+    saved.write_text(json.dumps(documents))
+    target = tmp_path / "s3"
+    code, out, err = run("issuer-docs", "--documents", str(saved), "-o", str(target))
+    assert (code, out) == (0, "")
+    assert "wrote .well-known/openid-configuration and certs" in err
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()) == [
+        ".well-known/openid-configuration",
+        "certs",
+    ]
+    assert json.loads((target / ".well-known" / "openid-configuration").read_text()) == documents["discovery"]
+    assert json.loads((target / "certs").read_text()) == documents["keys"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"keys": {"keys": []}}, "carry no keys"),
+        ({"discovery": {"issuer": "http://d1.cloudfront.net", "jwks_uri": "x"}}, "is not an https URL"),
+        ({"discovery": {"issuer": "https://d1", "jwks_uri": "https://d1/keys"}}, "jwks_uri must be https://d1/certs"),
+        ({"keys": {"keys": [{"kid": "k", "kty": "RSA", "d": "secret"}]}}, "must be a public key"),
+        ({"discovery": None}, "expected {'discovery'"),
+    ],
+)
+def test_issuer_docs_rejects_bad_documents(
+    created: pathlib.Path, tmp_path: pathlib.Path, change: dict[str, object], message: str
+) -> None:
+    saved = tmp_path / "issuer-docs.json"
+    saved.write_text(json.dumps({**issuer_documents(created), **change}))
+    code, out, err = run("issuer-docs", "--documents", str(saved), "-o", str(tmp_path / "s3"))
+    assert (code, out) == (1, "")
+    assert message in err
+    assert not (tmp_path / "s3").exists()
+
+
+def self_signed(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_issuer_docs_from_a_running_endpoint(created: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    body = json.dumps(issuer_documents(created)).encode()
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            status = 200 if self.path == "/aws/issuer-docs" else 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    cert, key = self_signed(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"https://127.0.0.1:{server.server_address[1]}"
+        target = tmp_path / "s3"
+        code, out, err = run(
+            "issuer-docs", "--url", f"{base}/aws/issuer-docs", "--cacert", str(cert), "-o", str(target)
+        )
+        assert (code, out) == (0, ""), err
+        assert json.loads((target / "certs").read_text()) == issuer_documents(created)["keys"]
+        # Without trusting the CA the fetch fails cleanly.
+        code, out, err = run("issuer-docs", "--url", f"{base}/aws/issuer-docs", "-o", str(tmp_path / "other"))
+        assert (code, out) == (1, "")
+        assert "cannot fetch the issuer documents" in err
+        code, _, err = run("issuer-docs", "--url", f"{base}/nope", "--cacert", str(cert), "-o", str(tmp_path / "x"))
+        assert code == 1
+        assert "HTTP Error 404" in err
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert requests == ["/aws/issuer-docs", "/nope"]
+    code, _, err = run("issuer-docs", "--url", "http://127.0.0.1/aws/issuer-docs", "-o", str(tmp_path / "y"))
+    assert code == 1
+    assert "use the https URL" in err
