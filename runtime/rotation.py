@@ -124,8 +124,8 @@ def _hold(
     if not usable:
         return None
     current = max(usable, key=lambda key: (key.sign_from, key.kid))
-    if current.sign_until >= horizon:
-        return None
+    if current.sign_until >= now + policy.hold_step // 2:
+        return None  # extend in steps of hold_step, not on every pass
     updated = [current.replace(sign_until=horizon) if key.kid == current.kid else key for key in keys]
     waiting = ", ".join(sorted(key.kid for key in due))
     return updated, f"extended {current.kid} to {horizon}: {waiting} not yet served by the issuer's JWKS"

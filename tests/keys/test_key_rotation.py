@@ -217,3 +217,20 @@ def test_config_rejects_windows_shorter_than_tokens(keys: dict[str, str], messag
                 "issuer": {"host": "d1.cloudfront.net", "keypair": "aws-keys", "keys": keys},
             }
         )
+
+
+def test_holding_extends_in_steps_not_on_every_pass() -> None:
+    make = key_factory("ES256")
+    current = rotation.next_keyset(keyset.KeySet(), 0, POLICY, make).keyset
+    current = rotation.next_keyset(current, PERIOD - LEAD, POLICY, make).keyset
+    old, new = current.keys
+    writes = 0
+    for now in range(PERIOD - 1000, PERIOD + 3600, 15):  # a manager ticking every 15 s
+        step = rotation.next_keyset(current, now, POLICY, make, held={new.kid})
+        writes += step.changed
+        current = step.keyset
+        assert current.signing_key(now, held={new.kid}).kid == old.kid
+    assert 3600 // POLICY.hold_step <= writes <= 2 * (4600 // POLICY.hold_step) + 1
+    assert current.get(old.kid).sign_until >= PERIOD + 3600  # type: ignore[union-attr]
+    after = rotation.next_keyset(current, PERIOD + 3600, POLICY, make).keyset
+    assert after.signing_key(PERIOD + 3600).kid == new.kid  # served: the successor takes over
