@@ -1,6 +1,6 @@
 """Key set costs: generation, load (parse + key checks), JWKS rendering, signing-key choice.
 
-Run: /work/venv/bin/python bench/keys.py
+Run from the repository root: PYTHONPATH=. /work/venv/bin/python bench/keys.py
 """
 
 from __future__ import annotations
