@@ -1,0 +1,606 @@
+"""An HTTP double of the Kubernetes API server for tests, speaking the real JSON wire format.
+
+It serves on 127.0.0.1 (plain HTTP, one thread per connection) from an in-memory object store:
+
+- ``POST /apis/authentication.k8s.io/v1/tokenreviews`` answers from a table of tokens that the
+  test fills with ``add_token`` / ``issue_token``. Audiences behave as in the real API server:
+  ``status.audiences`` is the intersection of ``spec.audiences`` (or the API server's own
+  audiences when empty) and the token's audiences, and the token is unauthenticated when that is
+  empty. Pod-bound tokens become invalid when their Pod is gone or was recreated with another uid
+  (``verify_bindings = False`` simulates the window in which the real server still accepts them).
+- Pods, Secrets, ConfigMaps (``/api/v1/namespaces/{ns}/{plural}[/{name}]``) and
+  MutatingWebhookConfigurations (``/apis/admissionregistration.k8s.io/v1/...``): GET (Pods also
+  as ``PartialObjectMetadata`` when the ``Accept`` header asks for it), LIST, POST (201, 409
+  AlreadyExists), PUT (409 Conflict on a stale ``metadata.resourceVersion``), PATCH (JSON patch,
+  merge patch, strategic merge patch keyed by ``name``), DELETE; errors are ``Status`` objects.
+  Every write bumps one global, monotonically increasing ``resourceVersion``.
+- ``outage``: ``None``, ``"refused"`` (the port stops listening), ``"error"`` (500 Status) or
+  ``"reset"`` (connections dropped without an answer); ``delay`` slows every answer.
+- ``requests``: every request received, for assertions.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import dataclasses
+import datetime
+import http.server
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jsonpatch
+import jwt
+
+API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
+PARTIAL = "PartialObjectMetadata"
+
+# plural -> (apiVersion, kind, namespaced)
+RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
+    ("v1", "pods"): ("Pod", True),
+    ("v1", "secrets"): ("Secret", True),
+    ("v1", "configmaps"): ("ConfigMap", True),
+    ("v1", "serviceaccounts"): ("ServiceAccount", True),
+    ("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations"): ("MutatingWebhookConfiguration", False),
+    ("admissionregistration.k8s.io/v1", "validatingwebhookconfigurations"): ("ValidatingWebhookConfiguration", False),
+}
+# Strategic merge patch: lists of objects merged by this key (the real patchMergeKey is "name").
+_MERGE_KEYS = {"webhooks": "name", "containers": "name", "initContainers": "name", "volumes": "name", "env": "name"}
+_PATH = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[a-z0-9.-]+/v[a-z0-9]+))"
+    r"(?:/namespaces/(?P<ns>[a-z0-9-]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?/?$"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recorded:
+    """One request the double received."""
+
+    method: str
+    path: str
+    query: Mapping[str, Sequence[str]]
+    headers: Mapping[str, str]
+    """Header names lower-cased."""
+    body: bytes
+
+
+@dataclasses.dataclass
+class TokenEntry:
+    """What the API server knows about one ServiceAccount token."""
+
+    namespace: str
+    service_account: str
+    audiences: tuple[str, ...]
+    expires: int
+    pod_name: str | None = None
+    pod_uid: str | None = None
+    service_account_uid: str = ""
+    credential_id: str = ""
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_object(code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A ``meta.k8s.io/v1`` ``Status`` as the API server sends with errors."""
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details is not None:
+        body["details"] = dict(details)
+    return body
+
+
+class _Failure(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status_object(code, reason, message, details)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _strategic_merge(target: Any, patch: Any, field: str = "") -> Any:
+    """The strategic merge patch subset Kubernetes applies to the types this double stores."""
+    if isinstance(patch, dict) and isinstance(target, dict):
+        result = dict(target)
+        for key, value in patch.items():
+            if value is None:
+                result.pop(key, None)
+            else:
+                result[key] = _strategic_merge(result.get(key), value, key)
+        return result
+    merge_key = _MERGE_KEYS.get(field)
+    if merge_key and isinstance(patch, list) and isinstance(target, list):
+        result_list = [copy.deepcopy(item) for item in target]
+        for item in patch:
+            if not isinstance(item, dict) or merge_key not in item:
+                raise _Failure(400, "BadRequest", f"strategic merge patch: {field} items need {merge_key!r}")
+            index = next((i for i, old in enumerate(result_list) if old.get(merge_key) == item[merge_key]), None)
+            if item.get("$patch") == "delete":
+                if index is not None:
+                    del result_list[index]
+            elif index is None:
+                result_list.append(copy.deepcopy(item))
+            else:
+                result_list[index] = _strategic_merge(result_list[index], item)
+        return result_list
+    return copy.deepcopy(patch)
+
+
+def _accepts_partial(accept: str) -> bool:
+    """Whether the first acceptable media type is ``PartialObjectMetadata`` (meta.k8s.io/v1)."""
+    for media in accept.split(","):
+        params = dict(part.strip().split("=", 1) for part in media.split(";")[1:] if "=" in part)
+        if params.get("as") == PARTIAL:
+            if params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+                return True
+            continue
+        if media.split(";")[0].strip() in ("application/json", "*/*", "application/*"):
+            return False
+    raise _Failure(406, "NotAcceptable", f"only the following media types are accepted: application/json ({accept})")
+
+
+class APIServer:
+    """The double; use as a context manager or call ``start()`` / ``stop()``."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        """(apiVersion, plural, namespace or "", name) -> stored object."""
+        self.tokens: dict[str, TokenEntry] = {}
+        self.requests: list[Recorded] = []
+        self.outage: str | None = None
+        self.delay = 0.0
+        self.verify_bindings = True
+        self.api_audiences = API_AUDIENCES
+        self._version = itertools.count(1000)
+        self._lock = threading.RLock()
+        self._signing_key = uuid.uuid4().hex
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> APIServer:
+        double = self
+
+        class Handler(_Handler):
+            api = double
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> APIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def set_outage(self, mode: str | None) -> None:
+        """``None`` (healthy), ``"refused"``, ``"error"`` (500) or ``"reset"``."""
+        if mode not in (None, "refused", "error", "reset"):
+            raise ValueError(f"unknown outage mode {mode!r}")
+        with self._lock:
+            was_refused = self.outage == "refused"
+            self.outage = mode
+        if mode == "refused" and not was_refused:
+            self.stop()
+        elif mode != "refused" and was_refused:
+            self.start()
+
+    # -- store -----------------------------------------------------------------------------
+
+    def next_resource_version(self) -> str:
+        return str(next(self._version))
+
+    def put(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Store ``obj`` directly (creating or replacing), filling metadata; returns the stored copy."""
+        stored = copy.deepcopy(dict(obj))
+        api_version, kind = stored["apiVersion"], stored["kind"]
+        plural = next((p for (v, p), (k, _) in RESOURCES.items() if v == api_version and k == kind), None)
+        if plural is None:
+            raise ValueError(f"the double does not store {api_version} {kind}")
+        meta = stored.setdefault("metadata", {})
+        namespaced = RESOURCES[(api_version, plural)][1]
+        key = (api_version, plural, meta.get("namespace", "") if namespaced else "", meta["name"])
+        with self._lock:
+            self._fill_metadata(stored, key[2])
+            self.objects[key] = stored
+            return copy.deepcopy(stored)
+
+    def get(self, api_version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self.objects.get((api_version, plural, namespace, name))
+            return copy.deepcopy(found) if found is not None else None
+
+    def delete(self, api_version: str, plural: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self.objects.pop((api_version, plural, namespace, name), None)
+
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        service_account: str = "default",
+    ) -> dict[str, Any]:
+        """Store a running Pod; returns it (``metadata.uid`` is generated unless given)."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid or str(uuid.uuid4()),
+                "labels": dict(labels or {}),
+                "annotations": dict(annotations or {}),
+            },
+            "spec": {
+                "serviceAccountName": service_account,
+                "containers": [
+                    {"name": "app", "image": "registry.example/app:1", "env": [{"name": "PASSWORD", "value": "s3cret"}]}
+                ],
+            },
+            "status": {"phase": "Running"},
+        }
+        return self.put(pod)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self.delete("v1", "pods", namespace, name)
+
+    def add_token(self, token: str, entry: TokenEntry) -> str:
+        with self._lock:
+            self.tokens[token] = entry
+        return token
+
+    def issue_token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        pod: Mapping[str, Any] | None = None,
+        audiences: Sequence[str] = API_AUDIENCES,
+        lifetime: int = 3600,
+        expires: int | None = None,
+    ) -> str:
+        """A JWT shaped like a projected ServiceAccount token, registered in the review table.
+
+        ``pod`` (a stored Pod) binds the token to it; without it the token is unbound.
+        """
+        now = int(time.time())
+        exp = expires if expires is not None else now + lifetime
+        pod_name = pod["metadata"]["name"] if pod is not None else None
+        pod_uid = pod["metadata"]["uid"] if pod is not None else None
+        sa_uid = str(uuid.uuid4())
+        jti = str(uuid.uuid4())
+        claims: dict[str, Any] = {
+            "aud": list(audiences),
+            "exp": exp,
+            "iat": now,
+            "nbf": now,
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "jti": jti,
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": service_account, "uid": sa_uid}},
+        }
+        if pod is not None:
+            claims["kubernetes.io"]["pod"] = {"name": pod_name, "uid": pod_uid}
+        token = jwt.encode(claims, self._signing_key, algorithm="HS256")
+        entry = TokenEntry(namespace, service_account, tuple(audiences), exp, pod_name, pod_uid, sa_uid, f"JTI={jti}")
+        return self.add_token(token, entry)
+
+    def requests_to(self, path_prefix: str, method: str | None = None) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.path.startswith(path_prefix) and method in (None, r.method)]
+
+    # -- request handling ----------------------------------------------------------------------
+
+    def _fill_metadata(self, obj: dict[str, Any], namespace: str) -> None:
+        meta = obj.setdefault("metadata", {})
+        if namespace:
+            meta["namespace"] = namespace
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", _now_rfc3339())
+        meta["resourceVersion"] = self.next_resource_version()
+        if obj.get("kind") == "Secret":
+            data = dict(obj.get("data") or {})
+            for name, value in (obj.pop("stringData", None) or {}).items():
+                data[name] = base64.b64encode(value.encode()).decode()
+            obj["data"] = data
+            obj.setdefault("type", "Opaque")
+
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        if path == "/apis/authentication.k8s.io/v1/tokenreviews" and method == "POST":
+            return 201, self._token_review(_json_body(body))
+        match = _PATH.match(path)
+        if match is None:
+            raise _Failure(404, "NotFound", "the server could not find the requested resource")
+        api_version = match["core"] or match["group"]
+        plural, name, namespace = match["plural"], match["name"], match["ns"] or ""
+        resource = RESOURCES.get((api_version, plural))
+        if resource is None:
+            raise _Failure(404, "NotFound", "the server could not find the requested resource")
+        kind, namespaced = resource
+        if namespaced != bool(namespace):
+            raise _Failure(404, "NotFound", "the server could not find the requested resource")
+        key = (api_version, plural, namespace, name or "")
+        group = api_version.split("/")[0] if "/" in api_version else ""
+        details = {"name": name, "kind": plural} | ({"group": group} if group else {})
+        with self._lock:
+            if name is None:
+                if method == "GET":
+                    items = [
+                        copy.deepcopy(o) for (v, p, ns, _), o in sorted(self.objects.items()) if (v, p, ns) == key[:3]
+                    ]
+                    return 200, {
+                        "kind": f"{kind}List",
+                        "apiVersion": api_version,
+                        "metadata": {"resourceVersion": str(next(self._version))},
+                        "items": items,
+                    }
+                if method == "POST":
+                    return self._create(api_version, plural, kind, namespace, _json_body(body), details)
+                raise _Failure(405, "MethodNotAllowed", f"{method} is not supported on the collection")
+            current = self.objects.get(key)
+            if current is None:
+                raise _Failure(404, "NotFound", f'{plural}{"." + group if group else ""} "{name}" not found', details)
+            if method == "GET":
+                if _accepts_partial(headers.get("accept", "application/json")):
+                    return 200, {
+                        "kind": PARTIAL,
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": copy.deepcopy(current["metadata"]),
+                    }
+                return 200, copy.deepcopy(current)
+            if method == "DELETE":
+                del self.objects[key]
+                return 200, copy.deepcopy(current)
+            if method == "PUT":
+                return self._replace(key, kind, current, _json_body(body), details)
+            if method == "PATCH":
+                return self._patch(key, current, headers.get("content-type", ""), body)
+        raise _Failure(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def _create(
+        self, api_version: str, plural: str, kind: str, namespace: str, obj: Any, details: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict) or not obj["metadata"].get("name"):
+            raise _Failure(422, "Invalid", f"{kind} is invalid: metadata.name: Required value: name is required")
+        name = obj["metadata"]["name"]
+        details = details | {"name": name}
+        if obj.get("metadata", {}).get("resourceVersion"):
+            raise _Failure(400, "BadRequest", "resourceVersion should not be set on objects to be created")
+        key = (api_version, plural, namespace, name)
+        if key in self.objects:
+            raise _Failure(409, "AlreadyExists", f'{plural} "{name}" already exists', details)
+        stored = copy.deepcopy(obj)
+        stored.setdefault("apiVersion", api_version)
+        stored.setdefault("kind", kind)
+        self._fill_metadata(stored, namespace)
+        self.objects[key] = stored
+        return 201, copy.deepcopy(stored)
+
+    def _replace(
+        self, key: tuple[str, str, str, str], kind: str, current: dict[str, Any], obj: Any, details: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+            raise _Failure(400, "BadRequest", "the body is not an object with metadata")
+        if obj["metadata"].get("name") != key[3]:
+            raise _Failure(400, "BadRequest", "the name of the object does not match the name on the URL")
+        wanted = obj["metadata"].get("resourceVersion")
+        if wanted and wanted != current["metadata"]["resourceVersion"]:
+            raise _Failure(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[1]} "{key[3]}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                details,
+            )
+        stored = copy.deepcopy(obj)
+        stored.setdefault("apiVersion", key[0])
+        stored.setdefault("kind", kind)
+        for field in ("uid", "creationTimestamp"):
+            stored["metadata"][field] = current["metadata"][field]
+        self._fill_metadata(stored, key[2])
+        self.objects[key] = stored
+        return 200, copy.deepcopy(stored)
+
+    def _patch(
+        self, key: tuple[str, str, str, str], current: dict[str, Any], content_type: str, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        patch = _json_body(body)
+        media = content_type.split(";", maxsplit=1)[0].strip()
+        try:
+            if media == "application/json-patch+json":
+                patched = jsonpatch.apply_patch(current, patch)
+            elif media == "application/merge-patch+json":
+                patched = _merge_patch(current, patch)
+            elif media == "application/strategic-merge-patch+json":
+                patched = _strategic_merge(current, patch)
+            else:
+                raise _Failure(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format ({media}) - accepted media types include: "
+                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json",
+                )
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise _Failure(422, "Invalid", f"the patch cannot be applied: {exc}") from None
+        wanted = patched.get("metadata", {}).get("resourceVersion")
+        if wanted and wanted != current["metadata"]["resourceVersion"]:
+            raise _Failure(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[1]} "{key[3]}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+            )
+        self._fill_metadata(patched, key[2])
+        self.objects[key] = patched
+        return 200, copy.deepcopy(patched)
+
+    def _token_review(self, review: Any) -> dict[str, Any]:
+        if (
+            not isinstance(review, dict)
+            or review.get("kind") != "TokenReview"
+            or not isinstance(review.get("spec"), dict)
+        ):
+            raise _Failure(400, "BadRequest", "the body is not a TokenReview")
+        spec = review["spec"]
+        token = spec.get("token")
+        wanted = tuple(spec.get("audiences") or ())
+        answer = {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+        }
+        if not isinstance(token, str) or not token:
+            raise _Failure(422, "Invalid", "TokenReview.authentication.k8s.io is invalid: spec.token: Required value")
+        error = self._review_error(token, wanted or self.api_audiences)
+        if error is not None:
+            answer["status"] = {"user": {}, "error": error}
+            return answer
+        entry = self.tokens[token]
+        audiences = [a for a in (wanted or self.api_audiences) if a in entry.audiences]
+        extra: dict[str, list[str]] = {"authentication.kubernetes.io/credential-id": [entry.credential_id]}
+        if entry.pod_name is not None:
+            extra["authentication.kubernetes.io/pod-name"] = [entry.pod_name]
+            extra["authentication.kubernetes.io/pod-uid"] = [entry.pod_uid or ""]
+        answer["status"] = {
+            "authenticated": True,
+            "user": {
+                "username": f"system:serviceaccount:{entry.namespace}:{entry.service_account}",
+                "uid": entry.service_account_uid,
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{entry.namespace}",
+                    "system:authenticated",
+                ],
+                "extra": extra,
+            },
+            "audiences": audiences,
+        }
+        return answer
+
+    def _review_error(self, token: str, wanted: tuple[str, ...]) -> str | None:
+        entry = self.tokens.get(token)
+        if entry is None:
+            return "[invalid bearer token, square/go-jose: compact JWS format must have three parts]"
+        if entry.expires <= time.time():
+            return "[invalid bearer token, service account token has expired]"
+        if not set(wanted) & set(entry.audiences):
+            return (
+                f"[invalid bearer token, token audiences {json.dumps(list(entry.audiences))} is invalid for the "
+                f"target audiences {json.dumps(list(wanted))}, unknown]"
+            )
+        if entry.pod_name is not None and self.verify_bindings:
+            pod = self.objects.get(("v1", "pods", entry.namespace, entry.pod_name))
+            if pod is None:
+                return f'[invalid bearer token, pod "{entry.pod_name}" not found, unknown]'
+            if pod["metadata"]["uid"] != entry.pod_uid:
+                return (
+                    f"[invalid bearer token, pod UID ({pod['metadata']['uid']}) does not match "
+                    f"claim ({entry.pod_uid}), unknown]"
+                )
+        return None
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        raise _Failure(400, "BadRequest", "the request body is not JSON") from None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    api: APIServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parsed = urllib.parse.urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        api = self.api
+        with api._lock:
+            api.requests.append(Recorded(self.command, parsed.path, urllib.parse.parse_qs(parsed.query), headers, body))
+            outage, delay = api.outage, api.delay
+        if delay:
+            time.sleep(delay)
+        if outage in ("refused", "reset"):
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if outage == "error":
+            code, answer = (
+                500,
+                status_object(500, "InternalError", "Internal error occurred: etcdserver: request timed out"),
+            )
+        else:
+            try:
+                code, answer = api.handle(self.command, parsed.path, headers, body)
+            except _Failure as failure:
+                code, answer = failure.status["code"], failure.status
+        data = json.dumps(answer).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up (timeouts in tests)
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
