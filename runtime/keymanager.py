@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from kube_sts.runtime import config, keyset, rotation
+from kube_sts.runtime import config, keyset, kubeapi, rotation
 
 __all__ = [
     "DATA_KEY",
@@ -37,6 +37,7 @@ __all__ = [
     "ConflictError",
     "KeyManager",
     "KeyProvider",
+    "KubeSecrets",
     "SecretStore",
     "Snapshot",
     "fetch_jwks",
@@ -66,6 +67,44 @@ class SecretStore(Protocol):
     def create(self, namespace: str, name: str, data: bytes) -> str: ...
 
     def replace(self, namespace: str, name: str, data: bytes, resource_version: str) -> str: ...
+
+
+class KubeSecrets:
+    """``SecretStore`` over the API server: other data keys and labels of the Secret are kept."""
+
+    LABELS: Mapping[str, str] = {"app.kubernetes.io/name": "kube-sts", "app.kubernetes.io/component": "keys"}
+
+    def __init__(self, api: kubeapi.KubeAPI) -> None:
+        self.api = api
+        self._read: dict[tuple[str, str], kubeapi.Secret] = {}
+
+    def read(self, namespace: str, name: str) -> tuple[bytes, str] | None:
+        try:
+            secret = self.api.get_secret(namespace, name)
+        except kubeapi.NotFoundError:
+            return None
+        self._read[(namespace, name)] = secret
+        return secret.data.get(DATA_KEY, b""), secret.resource_version
+
+    def create(self, namespace: str, name: str, data: bytes) -> str:
+        secret = kubeapi.Secret(name, namespace, {DATA_KEY: data}, "", dict(self.LABELS))
+        try:
+            created = self.api.create_secret(secret)
+        except kubeapi.AlreadyExistsError as exc:
+            raise ConflictError(str(exc)) from None
+        self._read[(namespace, name)] = created
+        return created.resource_version
+
+    def replace(self, namespace: str, name: str, data: bytes, resource_version: str) -> str:
+        known = self._read.get((namespace, name))
+        base = known or kubeapi.Secret(name, namespace, {}, resource_version, dict(self.LABELS))
+        secret = dataclasses.replace(base, data={**base.data, DATA_KEY: data})
+        try:
+            replaced = self.api.replace_secret(secret, resource_version)
+        except (kubeapi.ConflictError, kubeapi.NotFoundError) as exc:
+            raise ConflictError(str(exc)) from None
+        self._read[(namespace, name)] = replaced
+        return replaced.resource_version
 
 
 def fetch_jwks(url: str) -> Mapping[str, Any]:
@@ -177,6 +216,11 @@ class KeyProvider:
             self._report(snapshot)
 
     def _adopt(self, data: bytes, source: str) -> Snapshot:
+        if not data:
+            problem = f"{source} has no {DATA_KEY}; fill it with `sts-compile keys secret` or delete the Secret"
+            if problem != self._snapshot.problem:
+                log.error("endpoint %s: %s", self.endpoint.name, problem)
+            return dataclasses.replace(self._snapshot, problem=problem)
         digest = hashlib.sha256(data).hexdigest()
         current = self._snapshot
         if digest == self._digest and current.keys is not None:
