@@ -277,3 +277,15 @@ class RuntimeConfig(Model):
     """Names of our MutatingWebhookConfigurations (kept current in `runtime` TLS mode)."""
     tls: TLS
     endpoints: tuple[Endpoint, ...]
+
+    @pydantic.model_validator(mode="after")
+    def _one_key_set_per_endpoint(self) -> RuntimeConfig:
+        owners: dict[str, str] = {}
+        for endpoint in self.endpoints:
+            owner = owners.setdefault(endpoint.issuer.keypair, endpoint.name)
+            if owner != endpoint.name:
+                raise ValueError(
+                    f"endpoints {owner!r} and {endpoint.name!r} share issuer.keypair {endpoint.issuer.keypair!r}; "
+                    "each endpoint needs its own key set Secret so one endpoint's key never signs for another"
+                )
+        return self

@@ -234,3 +234,26 @@ def test_holding_extends_in_steps_not_on_every_pass() -> None:
     assert current.get(old.kid).sign_until >= PERIOD + 3600  # type: ignore[union-attr]
     after = rotation.next_keyset(current, PERIOD + 3600, POLICY, make).keyset
     assert after.signing_key(PERIOD + 3600).kid == new.kid  # served: the successor takes over
+
+
+def test_config_rejects_endpoints_sharing_a_key_set() -> None:
+    def endpoint(name: str) -> dict[str, object]:
+        return {
+            "name": name,
+            "audience": "sts.aws.com",
+            "path": f"/{name}",
+            "issuer": {"host": "d1.cloudfront.net", "keypair": "shared-keys"},
+        }
+
+    runtime = {
+        "cluster": "c",
+        "namespace": "kube-sts",
+        "serviceUrl": "https://kube-sts.kube-sts.svc",
+        "stsAudience": "kube-sts",
+        "sidecarImage": "img",
+        "sidecarResources": {},
+        "tls": {"secretName": "tls", "dnsNames": ["kube-sts.kube-sts.svc"]},
+        "endpoints": [endpoint("aws"), endpoint("prod")],
+    }
+    with pytest.raises(ValueError, match="endpoints 'aws' and 'prod' share issuer.keypair 'shared-keys'"):
+        config.RuntimeConfig.model_validate(runtime)
