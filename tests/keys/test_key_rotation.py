@@ -255,5 +255,5 @@ def test_config_rejects_endpoints_sharing_a_key_set() -> None:
         "tls": {"secretName": "tls", "dnsNames": ["kube-sts.kube-sts.svc"]},
         "endpoints": [endpoint("aws"), endpoint("prod")],
     }
-    with pytest.raises(ValueError, match="endpoints 'aws' and 'prod' share issuer.keypair 'shared-keys'"):
+    with pytest.raises(ValueError, match=r"endpoints 'aws' and 'prod' share issuer\.keypair 'shared-keys'"):
         config.RuntimeConfig.model_validate(runtime)
