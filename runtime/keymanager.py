@@ -161,6 +161,7 @@ class KeyProvider:
         self._digest: str | None = None
         self._last_fetch: float | None = None
         self._resource_version = ""
+        self._fetch_error: str | None = None
         self._warned: str | None = None
         self._lock = threading.Lock()
 
@@ -342,8 +343,11 @@ class KeyProvider:
         try:
             served = _served_kids(self.fetcher(url))
         except Exception as exc:  # any fetch or parse failure leaves the keys held
-            log.warning("endpoint %s: cannot fetch %s (%s); unserved keys stay held", self.endpoint.name, url, exc)
+            if str(exc) != self._fetch_error:
+                log.warning("endpoint %s: cannot fetch %s (%s); unserved keys stay held", self.endpoint.name, url, exc)
+                self._fetch_error = str(exc)
             return snapshot
+        self._fetch_error = None
         known = frozenset(key.kid for key in snapshot.keys.keys)
         return dataclasses.replace(snapshot, served=snapshot.served | (served & known))
 
