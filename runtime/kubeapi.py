@@ -254,6 +254,10 @@ class KubeAPI:
             raise UnavailableError(status, reason, message)
         raise APIError(status, reason, message)
 
+    def version(self) -> str:
+        """The API server's ``gitVersion`` (readable by any client; used as a liveness probe)."""
+        return str(self.request("GET", "/version").get("gitVersion", ""))
+
     # -- TokenReview -------------------------------------------------------------------------
 
     def token_review(self, token: str, audiences: Sequence[str]) -> Review:

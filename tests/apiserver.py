@@ -358,6 +358,8 @@ class APIServer:
             obj.setdefault("type", "Opaque")
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        if path == "/version" and method == "GET":
+            return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}
         if path == "/apis/authentication.k8s.io/v1/tokenreviews" and method == "POST":
             return 201, self._token_review(_json_body(body))
         match = _PATH.match(path)

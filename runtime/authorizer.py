@@ -1,0 +1,64 @@
+"""Authorization: may this Pod's identity use this endpoint?
+
+An endpoint's ``azRules`` are RFC 4515 filters (``runtime.filter``), OR-ed; an endpoint without
+rules allows nobody. Filters see these attributes of the caller:
+
+- ``namespace``, ``saname``: from the TokenReview's ServiceAccount user name;
+- ``pod``: the bound Pod's name; ``cluster``: the runtime's cluster name;
+- ``role``: the value of the live Pod's ``tremolo.io/<injector.label>`` annotation (absent when
+  the endpoint has no injector or the Pod lacks it), so a rule such as
+  ``(&(namespace=team-a)(role=arn:aws:iam::1:role/team-a-*))`` says which namespaces may use
+  which roles. Nothing the caller sends in the request is consulted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from kube_sts.runtime import config
+from kube_sts.runtime import filter as rule_filter
+
+__all__ = ["Authorizer", "Subject", "role_of"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subject:
+    """The caller as the rules and the ``sub`` template see it."""
+
+    cluster: str
+    namespace: str
+    saname: str
+    pod: str
+    role: str | None
+    endpoint: str
+
+    def attributes(self) -> dict[str, str | None]:
+        return {
+            "cluster": self.cluster,
+            "namespace": self.namespace,
+            "saname": self.saname,
+            "pod": self.pod,
+            "role": self.role,
+        }
+
+
+def role_of(endpoint: config.Endpoint, annotations: Mapping[str, str]) -> str | None:
+    """The Pod's role for ``endpoint``: its ``tremolo.io/<label>`` annotation, if any."""
+    if endpoint.injector is None:
+        return None
+    return annotations.get(endpoint.injector.label_key)
+
+
+class Authorizer:
+    """One endpoint's compiled rules."""
+
+    def __init__(self, endpoint: config.Endpoint) -> None:
+        self.endpoint = endpoint.name
+        self.rules: tuple[rule_filter.Filter, ...] = endpoint.rules()
+
+    def allows(self, subject: Subject) -> bool:
+        if not self.rules:
+            return False
+        attributes = subject.attributes()
+        return any(rule.matches(attributes) for rule in self.rules)

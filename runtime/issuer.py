@@ -1,0 +1,46 @@
+"""Issuer documents: OpenID Connect discovery and JWKS for one endpoint.
+
+The discovery document names ``issuer`` exactly as minted tokens carry it (``https://<host>``)
+and ``jwks_uri = https://<host>/certs`` (the seed's S3 layout). It advertises only what kube-sts
+issues: signed ID-token-style JWTs, public subjects, the claims the minter sets. The JWKS lists
+every published key of the endpoint's key set, so tokens signed before a rotation still verify.
+``issuer_docs`` is the ``{path}/issuer-docs`` answer: ``{"discovery": ..., "keys": {"keys": [...]}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kube_sts.runtime import config, minter
+
+__all__ = ["JWKS_MAX_AGE", "discovery", "issuer_docs", "jwks"]
+
+JWKS_MAX_AGE = 300
+"""``Cache-Control: max-age`` of JWKS answers (AWS requires a positive value)."""
+
+_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "cluster", "namespace", "saname")
+
+
+def discovery(endpoint: config.Endpoint, algorithms: Iterable[str] = ()) -> dict[str, Any]:
+    """The discovery document; ``algorithms`` adds the algorithms of published keys."""
+    url = endpoint.issuer.url
+    signing = sorted({endpoint.token.algorithm, *algorithms})
+    claims = list(_CLAIMS) + ([minter.AWS_TAGS] if endpoint.token.aws_session_tags else [])
+    return {
+        "issuer": url,
+        "jwks_uri": f"{url}/certs",
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": signing,
+        "claims_supported": claims,
+    }
+
+
+def jwks(keys: Sequence[Mapping[str, str]]) -> dict[str, list[dict[str, str]]]:
+    return {"keys": [dict(key) for key in keys]}
+
+
+def issuer_docs(endpoint: config.Endpoint, keys: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    algorithms = [key["alg"] for key in keys if "alg" in key]
+    return {"discovery": discovery(endpoint, algorithms), "keys": jwks(keys)}

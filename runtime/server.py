@@ -1,0 +1,754 @@
+"""The token service: a small ASGI application served by uvicorn over TLS.
+
+Routes, for every endpoint of the runtime config under its ``path``:
+
+- ``POST {path}/token`` with ``Authorization: Bearer <projected ServiceAccount token>`` answers
+  ``{"token": "<JWT>", "expires_at": <epoch seconds>, "expires_in": <seconds>}``;
+- ``GET {path}/issuer-docs``: ``{"discovery": {...}, "keys": {"keys": [...]}}``;
+- ``GET {path}/.well-known/openid-configuration`` and ``GET {path}/certs`` (JWKS, cached by
+  clients for ``issuer.JWKS_MAX_AGE`` seconds);
+
+and ``GET /healthz``, ``/readyz`` (config and keys loaded, API server answered) and ``/metrics``.
+
+A caller is validated once per token and then cached for ``cache_ttl`` seconds (never past the
+token's ``exp``; keyed by a SHA-256 of the token; bounded): a TokenReview for the STS audience
+that must come back authenticated, with our audience in ``status.audiences`` and a Pod binding,
+then a metadata-only read of the bound Pod whose uid must match. API server calls run on a
+thread pool with a timeout; when it cannot be reached the answer is 503 with ``Retry-After``.
+
+Errors are JSON ``{"error": "<stable code>", "message": "..."}``: 400 malformed request, 401
+token problems (``missing_token``, ``malformed_token``, ``token_expired``, ``wrong_audience``,
+``invalid_token``, ``unbound_token``, ``pod_not_found``, ``pod_mismatch``), 403 ``denied``,
+404 ``not_found``, 405 ``method_not_allowed``, 413 ``body_too_large`` / ``header_too_large``,
+503 ``apiserver_unavailable`` / ``no_signing_key``. Each token decision writes one JSON line on
+the ``kube_sts.audit`` logger; tokens and keys are never logged.
+
+Extension points (each a line in ``build()`` or ``main()``):
+
+- more routes, e.g. the admission webhook: ``app.add_route("POST", f"/mutate/{endpoint.name}",
+  handler, max_body=...)`` where ``handler`` is an ``async (Request) -> Response`` callable
+  (raise ``HTTPError`` for error answers); add the call in ``build()`` where it is marked;
+- background services (key manager, certificate manager): ``app.on_startup`` / ``app.on_shutdown``
+  take plain callables, run in order when uvicorn starts and stops the application;
+- readiness: ``app.readiness_checks`` takes ``() -> (ready, reason)`` callables;
+- TLS: ``serve()`` takes the ``ssl.SSLContext`` uvicorn uses for every handshake; a certificate
+  manager that calls ``load_cert_chain`` on that same context rotates the serving certificate
+  without a restart. ``main()`` builds it in one place (``tls_context``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import pathlib
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import uvicorn
+
+from kube_sts.runtime import authorizer, config, issuer, keymanager, keyset, kubeapi, metrics, minter
+
+__all__ = [
+    "App",
+    "HTTPError",
+    "Identity",
+    "Request",
+    "Response",
+    "build",
+    "error_response",
+    "json_response",
+    "main",
+    "serve",
+    "tls_context",
+    "uvicorn_server",
+]
+
+log = logging.getLogger("kube_sts.server")
+audit_log = logging.getLogger("kube_sts.audit")
+
+CONFIG_PATH = pathlib.Path("/etc/kube-sts/config.json")
+TLS_DIR = pathlib.Path("/etc/kube-sts/tls")
+MAX_BODY = 64 * 1024
+MAX_HEADERS = 32 * 1024
+MAX_TOKEN = 16 * 1024
+RETRY_AFTER = "5"
+API_PROBE_INTERVAL = 30.0
+
+T = TypeVar("T")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    """Lower-case names; repeated headers joined with ``,``."""
+    body: bytes
+    client: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class HTTPError(Exception):
+    """An error answer: ``status``, a stable ``code`` and a message for humans."""
+
+    def __init__(self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def json_response(status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, json.dumps(document, separators=(",", ":")).encode(), headers=headers)
+
+
+def error_response(status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return json_response(status, {"error": code, "message": message}, headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Route:
+    handler: Handler
+    max_body: int
+    name: str
+
+
+class KeyProvider(Protocol):
+    """One endpoint's keys (``keymanager.KeyProvider``)."""
+
+    def signing_key(self) -> keyset.Key: ...
+
+    def published(self) -> tuple[keyset.Key, ...]: ...
+
+
+class KeySource(Protocol):
+    """Every endpoint's keys (``keymanager.KeyManager``)."""
+
+    def provider(self, endpoint: str) -> KeyProvider: ...
+
+    def status(self) -> tuple[bool, tuple[str, ...]]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    """A validated caller: a ServiceAccount token bound to a live Pod."""
+
+    namespace: str
+    saname: str
+    pod: str
+    pod_uid: str
+    annotations: Mapping[str, str]
+    token_expires: int
+
+
+class _ReviewCache:
+    """Validated identities by token digest, each until a deadline; least recently used dropped."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: collections.OrderedDict[bytes, tuple[Identity, float]] = collections.OrderedDict()
+
+    def get(self, digest: bytes, now: float) -> Identity | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if now >= entry[1]:
+            del self._entries[digest]
+            return None
+        self._entries.move_to_end(digest)
+        return entry[0]
+
+    def put(self, digest: bytes, identity: Identity, until: float) -> None:
+        if self.size <= 0:
+            return
+        self._entries[digest] = (identity, until)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _b64json(segment: str) -> Any:
+    padded = segment + "=" * (-len(segment) % 4)
+    return json.loads(base64.urlsafe_b64decode(padded))
+
+
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header, or an ``HTTPError`` 401."""
+    if not header:
+        raise HTTPError(401, "missing_token", "send the ServiceAccount token as 'Authorization: Bearer <token>'")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPError(401, "malformed_token", "the Authorization header is not 'Bearer <token>'")
+    if len(token) > MAX_TOKEN:
+        raise HTTPError(413, "header_too_large", f"the token is longer than {MAX_TOKEN} bytes")
+    if not _TOKEN_CHARS.issuperset(token) or token.count(".") != 2:
+        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT")
+    return token
+
+
+def unverified_claims(token: str) -> Mapping[str, Any]:
+    """The payload of a JWT without checking it: used only to reject early, never to accept."""
+    try:
+        claims = _b64json(token.split(".")[1])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT") from None
+    if not isinstance(claims, dict):
+        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT")
+    return claims
+
+
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    config: config.Endpoint
+    authorizer: authorizer.Authorizer
+    minter: minter.Minter
+
+
+class App:
+    """The ASGI application. ``kube`` and ``keys`` are the only outside dependencies."""
+
+    def __init__(
+        self,
+        runtime: config.RuntimeConfig,
+        *,
+        kube: kubeapi.KubeAPI,
+        keys: KeySource,
+        registry: metrics.Registry | None = None,
+        clock: Callable[[], float] = time.time,
+        cache_ttl: float = 5.0,
+        cache_size: int = 10_000,
+        api_timeout: float = 3.0,
+        api_threads: int = 8,
+    ) -> None:
+        self.runtime = runtime
+        self.kube = kube
+        self.keys = keys
+        self.clock = clock
+        self.cache_ttl = cache_ttl
+        self.api_timeout = api_timeout
+        self.executor = concurrent.futures.ThreadPoolExecutor(api_threads, thread_name_prefix="kube-sts-api")
+        self.cache = _ReviewCache(cache_size)
+        self.routes: dict[str, dict[str, _Route]] = {}
+        self.on_startup: list[Callable[[], object]] = []
+        self.on_shutdown: list[Callable[[], object]] = []
+        self.readiness_checks: list[Callable[[], tuple[bool, str]]] = []
+        self._api_answered_at: float | None = None
+        self._api_problem = "the API server has not been contacted yet"
+        self._api_lock = threading.Lock()
+        self.registry = registry if registry is not None else metrics.Registry()
+        self._m_requests = self.registry.counter(
+            "kube_sts_http_requests_total", "HTTP requests by route and status code.", ("route", "code")
+        )
+        self._m_duration = self.registry.histogram(
+            "kube_sts_http_request_duration_seconds", "Time to answer an HTTP request.", ("route",)
+        )
+        self._m_tokens = self.registry.counter(
+            "kube_sts_token_decisions_total", "Token requests by endpoint, decision and reason.",
+            ("endpoint", "decision", "reason"),
+        )  # fmt: skip
+        self._m_cache = self.registry.counter(
+            "kube_sts_token_review_cache_total", "Caller validations answered from the cache or not.", ("result",)
+        )
+        self._m_api = self.registry.counter(
+            "kube_sts_apiserver_requests_total", "Kubernetes API calls by call and outcome.", ("call", "outcome")
+        )
+        self._m_api_duration = self.registry.histogram(
+            "kube_sts_apiserver_request_duration_seconds", "Kubernetes API call latency.", ("call",)
+        )
+        self.endpoints: dict[str, _Endpoint] = {}
+        for endpoint in runtime.endpoints:
+            state = _Endpoint(endpoint, authorizer.Authorizer(endpoint), minter.Minter(endpoint, clock))
+            self.endpoints[endpoint.name] = state
+            self._add_endpoint_routes(state)
+        self.add_route("GET", "/healthz", self._healthz)
+        self.add_route("GET", "/readyz", self._readyz)
+        self.add_route("GET", "/metrics", self._metrics)
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def add_route(self, method: str, path: str, handler: Handler, *, max_body: int = MAX_BODY) -> None:
+        """Serve ``method path`` with ``handler``; bodies over ``max_body`` bytes get 413."""
+        methods = self.routes.setdefault(path, {})
+        if method in methods:
+            raise ValueError(f"{method} {path} is already routed")
+        methods[method] = _Route(handler, max_body, path)
+
+    def _add_endpoint_routes(self, state: _Endpoint) -> None:
+        path = state.config.path
+        name = state.config.name
+
+        async def token(request: Request) -> Response:
+            return await self._token(state, request)
+
+        async def issuer_docs(request: Request) -> Response:
+            return json_response(200, issuer.issuer_docs(state.config, self._jwks(name)))
+
+        async def discovery(request: Request) -> Response:
+            keys = self._jwks(name)
+            document = issuer.discovery(state.config, [key["alg"] for key in keys])
+            return json_response(200, document, (("cache-control", f"public, max-age={issuer.JWKS_MAX_AGE}"),))
+
+        async def certs(request: Request) -> Response:
+            document = issuer.jwks(self._jwks(name))
+            return json_response(200, document, (("cache-control", f"public, max-age={issuer.JWKS_MAX_AGE}"),))
+
+        self.add_route("POST", f"{path}/token", token)
+        self.add_route("GET", f"{path}/issuer-docs", issuer_docs)
+        self.add_route("GET", f"{path}/.well-known/openid-configuration", discovery)
+        self.add_route("GET", f"{path}/certs", certs)
+
+    def _jwks(self, endpoint: str) -> list[dict[str, str]]:
+        return [key.public_jwk() for key in self.keys.provider(endpoint).published()]
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        route_name, response = await self._respond(scope, receive)
+        headers = [(b"content-type", response.content_type.encode()), (b"content-length", b"%d" % len(response.body))]
+        headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+        self._m_requests.inc(route_name, str(response.status))
+        self._m_duration.observe(time.perf_counter() - started, route_name)
+
+    async def _respond(self, scope: Scope, receive: Receive) -> tuple[str, Response]:
+        path: str = scope["path"]
+        methods = self.routes.get(path)
+        if methods is None:
+            await _drain(receive)
+            return "unknown", error_response(404, "not_found", f"no route for {path}")
+        route = methods.get(scope["method"])
+        if route is None:
+            await _drain(receive)
+            allow = ", ".join(sorted(methods))
+            return path, error_response(
+                405, "method_not_allowed", f"{path} answers {allow}", (("allow", allow),)
+            )  # fmt: skip
+        headers: dict[str, str] = {}
+        size = 0
+        for raw_name, raw_value in scope["headers"]:
+            size += len(raw_name) + len(raw_value)
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        if size > MAX_HEADERS:
+            return path, error_response(413, "header_too_large", f"request headers exceed {MAX_HEADERS} bytes")
+        try:
+            body = await _read_body(receive, headers.get("content-length"), route.max_body)
+            client = scope.get("client") or ("", 0)
+            request = Request(scope["method"], path, headers, body, str(client[0]))
+            return path, await route.handler(request)
+        except HTTPError as exc:
+            return path, error_response(exc.status, exc.code, exc.message, exc.headers)
+        except Exception:
+            log.exception("%s %s failed", scope["method"], path)
+            return path, error_response(500, "internal", "internal error; see the server log")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self.on_startup:
+                        await asyncio.to_thread(hook)
+                    self.executor.submit(self._probe_api)
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self.on_shutdown:
+                    try:
+                        await asyncio.to_thread(hook)
+                    except Exception:
+                        log.exception("shutdown hook failed")
+                self.executor.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the API server ------------------------------------------------------------------------
+
+    def _answered(self) -> None:
+        with self._api_lock:
+            self._api_answered_at = time.monotonic()
+            self._api_problem = ""
+
+    def _unreachable(self, problem: str) -> None:
+        with self._api_lock:
+            self._api_answered_at = None
+            self._api_problem = problem
+
+    def _probe_api(self) -> None:
+        try:
+            self.kube.version()
+        except kubeapi.UnavailableError as exc:
+            self._unreachable(str(exc))
+        except kubeapi.APIError:
+            self._answered()
+        else:
+            self._answered()
+
+    async def _call(self, call: str, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking client call on the pool; 503 when the API server cannot answer in time."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await asyncio.wait_for(loop.run_in_executor(self.executor, function, *args), self.api_timeout)
+        except (TimeoutError, kubeapi.UnavailableError) as exc:
+            outcome = "unavailable"
+            problem = f"{call}: {exc}" if str(exc) else f"{call}: no answer within {self.api_timeout}s"
+            self._unreachable(problem)
+            log.warning("Kubernetes API unavailable: %s", problem)
+            raise HTTPError(
+                503,
+                "apiserver_unavailable",
+                "the Kubernetes API server cannot be reached; try again",
+                (("retry-after", RETRY_AFTER),),
+            ) from None
+        except kubeapi.NotFoundError:
+            outcome = "not_found"
+            self._answered()
+            raise
+        except kubeapi.APIError as exc:
+            outcome = "error"
+            self._answered()
+            log.error("Kubernetes API refused %s: %s", call, exc)
+            raise HTTPError(
+                503,
+                "apiserver_error",
+                f"the Kubernetes API server refused the {call}; see the server log",
+                (("retry-after", RETRY_AFTER),),
+            ) from None
+        finally:
+            self._m_api.inc(call, outcome)
+            self._m_api_duration.observe(time.perf_counter() - started, call)
+        self._answered()
+        return result
+
+    # -- token exchange ------------------------------------------------------------------------
+
+    async def identity(self, token: str) -> Identity:
+        """Validate ``token`` (TokenReview, Pod binding, live Pod) or raise a 401/503 ``HTTPError``."""
+        now = self.clock()
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        cached = self.cache.get(digest, now)
+        if cached is not None:
+            self._m_cache.inc("hit")
+            return cached
+        self._m_cache.inc("miss")
+        claims = unverified_claims(token)
+        expires = claims.get("exp")
+        if not isinstance(expires, int) or isinstance(expires, bool):
+            raise HTTPError(401, "malformed_token", "the token has no integer 'exp' claim")
+        if expires <= now:
+            raise HTTPError(401, "token_expired", "the ServiceAccount token has expired")
+        audience = self.runtime.sts_audience
+        claimed = claims.get("aud")
+        claimed_list = [claimed] if isinstance(claimed, str) else claimed if isinstance(claimed, list) else []
+        if audience not in claimed_list:
+            raise HTTPError(401, "wrong_audience", f"the token's audience must be {audience!r}")
+        review = await self._call("tokenreview", self.kube.token_review, token, [audience])
+        if not review.authenticated:
+            raise HTTPError(401, _review_failure(review.error), "the API server did not accept the token")
+        if audience not in review.audiences:
+            raise HTTPError(401, "wrong_audience", f"the token's audience must be {audience!r}")
+        account = review.service_account
+        if account is None:
+            raise HTTPError(401, "invalid_token", "the token does not belong to a ServiceAccount")
+        pod_name, pod_uid = review.pod_name, review.pod_uid
+        if pod_name is None or pod_uid is None:
+            raise HTTPError(401, "unbound_token", "the token is not bound to a Pod; use a projected token")
+        namespace, saname = account
+        try:
+            pod = await self._call("pod", self.kube.pod_metadata, namespace, pod_name)
+        except kubeapi.NotFoundError:
+            raise HTTPError(401, "pod_not_found", "the token's Pod no longer exists") from None
+        if pod.uid != pod_uid:
+            raise HTTPError(401, "pod_mismatch", "the token's Pod no longer exists (its name is reused)")
+        identity = Identity(namespace, saname, pod_name, pod_uid, pod.annotations, expires)
+        self.cache.put(digest, identity, min(self.clock() + self.cache_ttl, float(expires)))
+        return identity
+
+    async def _token(self, state: _Endpoint, request: Request) -> Response:
+        endpoint = state.config.name
+        identity: Identity | None = None
+        minted: minter.Minted | None = None
+        try:
+            token = bearer_token(request.headers.get("authorization"))
+            identity = await self.identity(token)
+            subject = authorizer.Subject(
+                cluster=self.runtime.cluster,
+                namespace=identity.namespace,
+                saname=identity.saname,
+                pod=identity.pod,
+                role=authorizer.role_of(state.config, identity.annotations),
+                endpoint=endpoint,
+            )
+            if not state.authorizer.allows(subject):
+                raise HTTPError(403, "denied", f"this Pod's identity may not use endpoint {endpoint!r}")
+            try:
+                key = self.keys.provider(endpoint).signing_key()
+            except keyset.KeySetError as exc:
+                log.error("endpoint %s: no signing key: %s", endpoint, exc)
+                raise HTTPError(
+                    503, "no_signing_key", f"endpoint {endpoint!r} has no key that can sign now; see the server log",
+                    (("retry-after", RETRY_AFTER),),
+                ) from None  # fmt: skip
+            minted = state.minter.mint(subject, key)
+        except HTTPError as exc:
+            decision = "deny" if exc.status in (401, 403) else "error"
+            self._audit(endpoint, identity, decision, exc.code, None)
+            raise
+        self._audit(endpoint, identity, "allow", "ok", minted)
+        return json_response(
+            200, {"token": minted.token, "expires_at": minted.expires, "expires_in": minted.expires - minted.issued_at}
+        )
+
+    def _audit(
+        self, endpoint: str, identity: Identity | None, decision: str, reason: str, minted: minter.Minted | None
+    ) -> None:
+        self._m_tokens.inc(endpoint, decision, reason)
+        if not audit_log.isEnabledFor(logging.INFO):
+            return
+        record = {
+            "event": "token",
+            "endpoint": endpoint,
+            "namespace": identity.namespace if identity else None,
+            "serviceaccount": identity.saname if identity else None,
+            "pod": identity.pod if identity else None,
+            "decision": decision,
+            "reason": reason,
+            "kid": minted.kid if minted else None,
+            "jti": minted.jti if minted else None,
+            "exp": minted.expires if minted else None,
+        }
+        audit_log.info("%s", json.dumps(record, separators=(",", ":")))
+
+    # -- health --------------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        keys_ready, key_reasons = self.keys.status()
+        with self._api_lock:
+            answered_at = self._api_answered_at
+        if answered_at is None or time.monotonic() - answered_at > API_PROBE_INTERVAL:
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.executor, self._probe_api), 2.0)
+            except TimeoutError:
+                self._unreachable("the API server did not answer within 2s")
+        with self._api_lock:
+            api_ready, api_problem = self._api_answered_at is not None, self._api_problem
+        checks: dict[str, Any] = {
+            "config": {"ready": True, "detail": f"{len(self.endpoints)} endpoint(s)"},
+            "keys": {"ready": keys_ready, "detail": list(key_reasons)},
+            "apiserver": {"ready": api_ready, "detail": "answered" if api_ready else api_problem},
+        }
+        ready = keys_ready and api_ready
+        for index, check in enumerate(self.readiness_checks):
+            ok, detail = check()
+            checks[f"check{index}"] = {"ready": ok, "detail": detail}
+            ready = ready and ok
+        return json_response(200 if ready else 503, {"ready": ready, "checks": checks})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, self.registry.render(), metrics.CONTENT_TYPE)
+
+
+def _review_failure(error: str) -> str:
+    """A stable code for an unauthenticated TokenReview (the API server's text is not stable)."""
+    lowered = error.lower()
+    if "expired" in lowered:
+        return "token_expired"
+    if "audience" in lowered:
+        return "wrong_audience"
+    return "invalid_token"
+
+
+async def _drain(receive: Receive) -> None:
+    message: Message = {"more_body": True}
+    for _ in range(1024):
+        if not message.get("more_body", False):
+            return
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+
+
+async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise HTTPError(400, "bad_request", "Content-Length is not a number") from None
+        if declared > limit:
+            raise HTTPError(413, "body_too_large", f"the request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise HTTPError(400, "bad_request", "the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, "body_too_large", f"the request body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+# -- process wiring --------------------------------------------------------------------------
+
+
+class KubeSecretStore:
+    """``keymanager.SecretStore`` over ``kubeapi``: the ``keyset.json`` key of a Secret."""
+
+    def __init__(self, kube: kubeapi.KubeAPI) -> None:
+        self.kube = kube
+
+    def read(self, namespace: str, name: str) -> tuple[bytes, str] | None:
+        try:
+            secret = self.kube.get_secret(namespace, name)
+        except kubeapi.NotFoundError:
+            return None
+        return secret.data.get(keymanager.DATA_KEY, b""), secret.resource_version
+
+    def create(self, namespace: str, name: str, data: bytes) -> str:
+        secret = kubeapi.Secret(name, namespace, {keymanager.DATA_KEY: data}, "", _KEY_LABELS)
+        try:
+            return self.kube.create_secret(secret).resource_version
+        except kubeapi.AlreadyExistsError:
+            raise keymanager.ConflictError(f"Secret {namespace}/{name} already exists") from None
+
+    def replace(self, namespace: str, name: str, data: bytes, resource_version: str) -> str:
+        secret = kubeapi.Secret(name, namespace, {keymanager.DATA_KEY: data}, "", _KEY_LABELS)
+        try:
+            return self.kube.replace_secret(secret, resource_version).resource_version
+        except (kubeapi.ConflictError, kubeapi.NotFoundError):
+            raise keymanager.ConflictError(f"Secret {namespace}/{name} changed since it was read") from None
+
+
+_KEY_LABELS = {"app.kubernetes.io/managed-by": "kube-sts", "app.kubernetes.io/component": "keys"}
+
+
+def tls_context(directory: pathlib.Path) -> ssl.SSLContext:
+    """The serving TLS context from ``tls.crt`` and ``tls.key`` in ``directory`` (TLS 1.2+)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
+    return context
+
+
+def build(runtime: config.RuntimeConfig, *, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path) -> App:
+    """The production application: key manager, routes and background services."""
+    keys = keymanager.KeyManager.from_config(runtime, keys_dir=keys_dir, secrets=KubeSecretStore(kube))
+    app = App(runtime, kube=kube, keys=keys)
+    app.on_startup.append(keys.start)
+    app.on_shutdown.append(keys.stop)
+    # Further routes and services are added here (admission webhook: app.add_route(...)).
+    return app
+
+
+def uvicorn_server(
+    app: App, *, host: str, port: int, ssl_context: ssl.SSLContext | None, log_level: str = "info"
+) -> uvicorn.Server:
+    """A uvicorn server for ``app``; TLS handshakes use ``ssl_context`` (the same object, always)."""
+
+    def factory(_config: object, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        assert ssl_context is not None
+        return ssl_context
+
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        log_level=log_level,
+        timeout_keep_alive=75,
+        ssl_context_factory=factory if ssl_context is not None else None,
+    )
+    return uvicorn.Server(uv_config)
+
+
+def serve(app: App, *, host: str, port: int, ssl_context: ssl.SSLContext | None, log_level: str = "info") -> None:
+    """Run ``app`` until SIGTERM/SIGINT."""
+    uvicorn_server(app, host=host, port=port, ssl_context=ssl_context, log_level=log_level).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kube-sts-server", description="kube-sts token service")
+    parser.add_argument("--config", type=pathlib.Path, default=CONFIG_PATH, help="runtime config.json")
+    parser.add_argument("--keys-dir", type=pathlib.Path, default=keymanager.KEYS_DIR, help="mounted key sets")
+    parser.add_argument("--tls-dir", type=pathlib.Path, default=TLS_DIR, help="tls.crt and tls.key")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104 (in a Pod)
+    parser.add_argument("--port", type=int, default=None, help="port (default: the config's port)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        runtime = config.RuntimeConfig.model_validate_json(args.config.read_bytes())
+    except (OSError, ValueError) as exc:
+        print(f"kube-sts-server: cannot load {args.config}: {exc}", file=sys.stderr)
+        return 1
+    kube = kubeapi.KubeAPI.from_environment()
+    app = build(runtime, kube=kube, keys_dir=args.keys_dir)
+    try:
+        context = tls_context(args.tls_dir)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"kube-sts-server: cannot load the TLS certificate from {args.tls_dir}: {exc}", file=sys.stderr)
+        return 1
+    serve(app, host=args.host, port=args.port or runtime.port, ssl_context=context, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The token service's decisions, driven straight through the ASGI app against the API server double."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Iterator
+
+import jwt
+import pytest
+
+from kube_sts.runtime import kubeapi, minter, server
+from tests import apiserver
+from tests.runtime import harness
+
+ROLE = "arn:aws:iam::123456789012:role/app"
+
+
+@pytest.fixture
+def keys_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    harness.write_keyset(tmp_path, "aws", "RS256")
+    return tmp_path
+
+
+@pytest.fixture
+def app(kube: kubeapi.KubeAPI, keys_dir: pathlib.Path) -> Iterator[server.App]:
+    runtime = harness.runtime_config(harness.endpoint(rules=["(&(namespace=myns)(role=arn:aws:iam::*:role/app))"]))
+    application = harness.make_app(runtime, kube, keys_dir)
+    yield application
+    application.executor.shutdown(wait=True)
+
+
+def pod_token(api_server: apiserver.APIServer, namespace: str = "myns", role: str | None = ROLE, **kw: object) -> str:
+    annotations = {"tremolo.io/aws-role": role} if role else {}
+    pod = api_server.add_pod(namespace, "app-1", annotations=annotations)
+    return api_server.issue_token(namespace, "app", pod=pod, audiences=[harness.STS_AUDIENCE], **kw)  # type: ignore[arg-type]
+
+
+def exchange(app: server.App, token: str | None, path: str = "/aws/token") -> harness.Answer:
+    headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+    return harness.asgi_call(app, "POST", path, headers)
+
+
+def test_exchange_mints_a_token(
+    api_server: apiserver.APIServer, app: server.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = pod_token(api_server)
+    with caplog.at_level(logging.INFO, logger="kube_sts.audit"):
+        answer = exchange(app, token)
+    assert answer.status == 200, answer.body
+    body = answer.json()
+    assert set(body) == {"token", "expires_at", "expires_in"}
+    assert body["expires_in"] == 3600
+    header = jwt.get_unverified_header(body["token"])
+    claims = jwt.decode(body["token"], options={"verify_signature": False})
+    assert header["typ"] == "JWT" and header["alg"] == "RS256"
+    assert header["kid"] == app.keys.provider("aws").signing_key().kid
+    assert claims["iss"] == "https://issuer.example"
+    assert claims["aud"] == "sts.amazonaws.com"
+    assert claims["sub"] == "test-cluster:myns:app"
+    assert (claims["cluster"], claims["namespace"], claims["saname"]) == ("test-cluster", "myns", "app")
+    assert claims["exp"] == body["expires_at"] == claims["iat"] + 3600 and claims["nbf"] == claims["iat"]
+    assert all(type(claims[c]) is int for c in ("iat", "nbf", "exp"))
+    assert minter.AWS_TAGS not in claims
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "kube_sts.audit"]
+    assert records == [
+        {
+            "event": "token", "endpoint": "aws", "namespace": "myns", "serviceaccount": "app", "pod": "app-1",
+            "decision": "allow", "reason": "ok", "kid": header["kid"], "jti": claims["jti"], "exp": claims["exp"],
+        }
+    ]  # fmt: skip
+    assert token not in caplog.text and body["token"] not in caplog.text
+
+
+def test_review_is_cached_briefly(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server)
+    first, second = exchange(app, token), exchange(app, token)
+    assert first.status == second.status == 200
+    assert first.json()["token"] != second.json()["token"]  # a fresh jti each time
+    assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 1
+    assert len(api_server.requests_to("/api/v1/namespaces/myns/pods/app-1")) == 1
+    app.cache_ttl = 0.0
+    app.cache = server._ReviewCache(10)
+    exchange(app, token)
+    exchange(app, token)
+    assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 3
+
+
+def test_cache_never_outlives_the_token(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server, expires=int(time.time()) + 2)
+    assert exchange(app, token).status == 200
+    digest = next(iter(app.cache._entries))
+    assert app.cache._entries[digest][1] <= int(time.time()) + 2
+
+
+def test_cache_is_bounded() -> None:
+    cache = server._ReviewCache(2)
+    identity = server.Identity("ns", "sa", "p", "u", {}, 0)
+    for index in range(5):
+        cache.put(bytes([index]), identity, 100.0)
+    assert len(cache) == 2
+    assert cache.get(bytes([4]), 1.0) is identity and cache.get(bytes([0]), 1.0) is None
+    assert cache.get(bytes([4]), 100.0) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "missing_token"),
+        ("Basic abc", "malformed_token"),
+        ("Bearer ", "malformed_token"),
+        ("Bearer not-a-jwt", "malformed_token"),
+        ("Bearer a.b$.c", "malformed_token"),
+        ("Bearer aaaa.bbbb.cccc", "malformed_token"),
+    ],
+)
+def test_malformed_credentials_are_401(app: server.App, header: str | None, code: str) -> None:
+    headers = {"authorization": header} if header is not None else {}
+    answer = harness.asgi_call(app, "POST", "/aws/token", headers)
+    assert (answer.status, answer.json()["error"]) == (401, code)
+    assert answer.headers["content-type"] == "application/json"
+
+
+def test_expired_token_is_401_without_a_review(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server, expires=int(time.time()) - 5)
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (401, "token_expired")
+    assert api_server.requests_to("/apis/authentication.k8s.io") == []
+
+
+def test_api_server_audience_token_is_401(api_server: apiserver.APIServer, app: server.App) -> None:
+    pod = api_server.add_pod("myns", "app-1", annotations={"tremolo.io/aws-role": ROLE})
+    token = api_server.issue_token("myns", "app", pod=pod)  # the API server's audience
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (401, "wrong_audience")
+
+
+def test_review_audience_is_authoritative(api_server: apiserver.APIServer, app: server.App) -> None:
+    # The token claims our audience, but the API server does not recognise it for us.
+    token = pod_token(api_server)
+    api_server.tokens[token].audiences = ("something-else",)
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (401, "wrong_audience")
+    assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 1
+
+
+def test_unbound_token_is_401(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = api_server.issue_token("myns", "app", audiences=[harness.STS_AUDIENCE])
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (401, "unbound_token")
+
+
+def test_deleted_pod_is_401(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server)
+    api_server.delete_pod("myns", "app-1")
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (401, "invalid_token")
+    api_server.verify_bindings = False  # the window before the API server notices the deletion
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (401, "pod_not_found")
+
+
+def test_recreated_pod_is_401(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server)
+    api_server.verify_bindings = False
+    api_server.add_pod("myns", "app-1", annotations={"tremolo.io/aws-role": ROLE})  # same name, new uid
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (401, "pod_mismatch")
+
+
+def test_unknown_token_is_401(api_server: apiserver.APIServer, app: server.App) -> None:
+    forged = jwt.encode({"aud": [harness.STS_AUDIENCE], "exp": int(time.time()) + 60}, "k" * 32, algorithm="HS256")
+    answer = exchange(app, forged)
+    assert (answer.status, answer.json()["error"]) == (401, "invalid_token")
+
+
+@pytest.mark.parametrize(
+    ("namespace", "role"),
+    [("other", ROLE), ("myns", None), ("myns", "arn:aws:iam::123456789012:role/admin")],
+)
+def test_rules_deny_with_403(
+    api_server: apiserver.APIServer, app: server.App, namespace: str, role: str | None
+) -> None:
+    token = pod_token(api_server, namespace=namespace, role=role)
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (403, "denied")
+    assert "aws" in answer.json()["message"] and "namespace" not in answer.json()["message"]
+
+
+def test_no_rules_means_deny(api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path) -> None:
+    runtime = harness.runtime_config(harness.endpoint(rules=()))
+    app = harness.make_app(runtime, kube, keys_dir)
+    answer = exchange(app, pod_token(api_server))
+    assert (answer.status, answer.json()["error"]) == (403, "denied")
+
+
+def test_subject_template_and_session_tags(
+    api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path
+) -> None:
+    ep = harness.endpoint(
+        rules=["(saname=app)"], subject="system:{cluster}/{namespace}/{saname}/{pod}", session_tags=True
+    )
+    app = harness.make_app(harness.runtime_config(ep), kube, keys_dir)
+    answer = exchange(app, pod_token(api_server))
+    claims = jwt.decode(answer.json()["token"], options={"verify_signature": False})
+    assert claims["sub"] == "system:test-cluster/myns/app/app-1"
+    assert claims[minter.AWS_TAGS] == {
+        "principal_tags": {"cluster": ["test-cluster"], "namespace": ["myns"], "saname": ["app"]},
+        "transitive_tag_keys": ["cluster", "namespace", "saname"],
+    }
+
+
+@pytest.mark.parametrize("mode", ["refused", "error"])
+def test_api_outage_is_503_with_retry_after(api_server: apiserver.APIServer, app: server.App, mode: str) -> None:
+    token = pod_token(api_server)
+    api_server.set_outage(mode)
+    answer = exchange(app, token)
+    assert answer.status == 503
+    assert answer.json()["error"] == "apiserver_unavailable"
+    assert int(answer.headers["retry-after"]) > 0
+    api_server.set_outage(None)
+    assert exchange(app, token).status == 200
+
+
+def test_slow_api_server_is_503(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server)
+    app.api_timeout = 0.2
+    api_server.delay = 0.6
+    answer = exchange(app, token)
+    assert (answer.status, answer.json()["error"]) == (503, "apiserver_unavailable")
+
+
+def test_missing_keys_is_503(api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, tmp_path: pathlib.Path) -> None:
+    app = harness.make_app(harness.runtime_config(harness.endpoint()), kube, tmp_path / "empty")
+    answer = exchange(app, pod_token(api_server))
+    assert (answer.status, answer.json()["error"]) == (503, "no_signing_key")
+    assert "retry-after" in answer.headers
+    ready = harness.asgi_call(app, "GET", "/readyz")
+    assert ready.status == 503 and ready.json()["checks"]["keys"]["ready"] is False
+
+
+def test_unknown_path_and_method(app: server.App) -> None:
+    answer = harness.asgi_call(app, "GET", "/nope")
+    assert (answer.status, answer.json()["error"]) == (404, "not_found")
+    answer = harness.asgi_call(app, "GET", "/aws/token")
+    assert (answer.status, answer.json()["error"]) == (405, "method_not_allowed")
+    assert answer.headers["allow"] == "POST"
+
+
+def test_oversized_body_and_headers_are_413(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server)
+    big = b"x" * (server.MAX_BODY + 1)
+    answer = harness.asgi_call(app, "POST", "/aws/token", {"authorization": f"Bearer {token}"}, big, chunks=7)
+    assert (answer.status, answer.json()["error"]) == (413, "body_too_large")
+    answer = harness.asgi_call(
+        app, "POST", "/aws/token", {"authorization": f"Bearer {token}", "content-length": str(len(big))}, big
+    )
+    assert (answer.status, answer.json()["error"]) == (413, "body_too_large")
+    answer = harness.asgi_call(app, "POST", "/aws/token", {"authorization": "Bearer " + "a" * 20000})
+    assert (answer.status, answer.json()["error"]) == (413, "header_too_large")
+    answer = harness.asgi_call(app, "POST", "/aws/token", {f"x-{i}": "v" * 1000 for i in range(40)})
+    assert (answer.status, answer.json()["error"]) == (413, "header_too_large")
+    answer = harness.asgi_call(app, "POST", "/aws/token", {"content-length": "abc"})
+    assert (answer.status, answer.json()["error"]) == (400, "bad_request")
+
+
+def test_internal_errors_hide_the_trace(app: server.App, caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(request: server.Request) -> server.Response:
+        raise RuntimeError("boom with details")
+
+    app.add_route("GET", "/broken", broken)
+    with caplog.at_level(logging.ERROR):
+        answer = harness.asgi_call(app, "GET", "/broken")
+    assert answer.status == 500 and answer.json() == {
+        "error": "internal",
+        "message": "internal error; see the server log",
+    }
+    assert "boom" in caplog.text
+
+
+def test_issuer_documents(app: server.App) -> None:
+    docs = harness.asgi_call(app, "GET", "/aws/issuer-docs").json()
+    assert set(docs) == {"discovery", "keys"}
+    discovery = docs["discovery"]
+    assert discovery["issuer"] == "https://issuer.example"
+    assert discovery["jwks_uri"] == "https://issuer.example/certs"
+    assert discovery["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert {"sub", "aud", "iss", "exp", "cluster", "namespace", "saname"} <= set(discovery["claims_supported"])
+    kid = app.keys.provider("aws").signing_key().kid
+    assert [k["kid"] for k in docs["keys"]["keys"]] == [kid]
+    certs = harness.asgi_call(app, "GET", "/aws/certs")
+    assert certs.json() == docs["keys"]
+    assert certs.headers["cache-control"] == "public, max-age=300"
+    well_known = harness.asgi_call(app, "GET", "/aws/.well-known/openid-configuration")
+    assert well_known.json() == discovery
+
+
+def test_every_published_key_is_served(kube: kubeapi.KubeAPI, tmp_path: pathlib.Path) -> None:
+    ks = harness.write_keyset(tmp_path, "aws", "ES256", count=3)
+    app = harness.make_app(harness.runtime_config(harness.endpoint(algorithm="ES256")), kube, tmp_path)
+    served = harness.asgi_call(app, "GET", "/aws/certs").json()["keys"]
+    assert sorted(k["kid"] for k in served) == sorted(k.kid for k in ks.keys)
+    assert all(k["alg"] == "ES256" and k["kty"] == "EC" and "d" not in k for k in served)
+
+
+def test_health_readiness_and_metrics(api_server: apiserver.APIServer, app: server.App) -> None:
+    assert harness.asgi_call(app, "GET", "/healthz").status == 200
+    ready = harness.asgi_call(app, "GET", "/readyz")
+    assert ready.status == 200, ready.body
+    assert ready.json()["ready"] is True
+    exchange(app, pod_token(api_server))
+    text = harness.asgi_call(app, "GET", "/metrics")
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = text.body.decode().splitlines()
+    assert 'kube_sts_token_decisions_total{endpoint="aws",decision="allow",reason="ok"} 1' in lines
+    assert 'kube_sts_token_review_cache_total{result="miss"} 1' in lines
+    assert 'kube_sts_apiserver_requests_total{call="tokenreview",outcome="ok"} 1' in lines
+    api_server.set_outage("refused")
+    app._api_answered_at = None
+    ready = harness.asgi_call(app, "GET", "/readyz")
+    assert ready.status == 503 and ready.json()["checks"]["apiserver"]["ready"] is False
+    api_server.set_outage(None)
+
+
+def test_readiness_checks_plug_in(app: server.App) -> None:
+    app.readiness_checks.append(lambda: (False, "certificate expired"))
+    ready = harness.asgi_call(app, "GET", "/readyz").json()
+    assert ready["ready"] is False
+    assert {"ready": False, "detail": "certificate expired"} in ready["checks"].values()
