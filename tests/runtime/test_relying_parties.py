@@ -1,0 +1,246 @@
+"""Minted tokens verified by independent libraries and by botocore against a verifying STS double.
+
+The token service runs on real uvicorn with TLS on 127.0.0.1; relying parties read its
+discovery document and JWKS over HTTPS, as they would from the issuer's host.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.exceptions
+import botocore.session
+import joserfc.errors
+import joserfc.jwk
+import joserfc.jwt
+import jwt
+import pytest
+
+from kube_sts.runtime import kubeapi, server
+from tests import apiserver, awssts
+from tests.runtime import harness
+
+ALGORITHMS = ["RS256", "ES256"]
+ISSUER = f"https://{harness.ISSUER_HOST}"
+AUDIENCE = "sts.amazonaws.com"
+ROLE = "arn:aws:iam::123456789012:role/app"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> harness.TLSFiles:
+    return harness.make_tls(tmp_path_factory.mktemp("tls"))
+
+
+class Service:
+    """The running token service plus what a test needs to call it."""
+
+    def __init__(self, running: harness.RunningServer, tls: harness.TLSFiles, api: apiserver.APIServer) -> None:
+        self.running = running
+        self.app = running.app
+        self.tls = tls
+        self.api = api
+        self.context = tls.client_context()
+
+    @property
+    def endpoint_base(self) -> str:
+        """Where the issuer's documents are served: stands in for https://issuer.example."""
+        return f"{self.running.url}/aws"
+
+    def get(self, path: str) -> tuple[Any, Any]:
+        with urllib.request.urlopen(self.running.url + path, context=self.context, timeout=10) as response:
+            return json.loads(response.read()), response.headers
+
+    def exchange(self) -> str:
+        pod = self.api.add_pod("myns", "app-1", annotations={"tremolo.io/aws-role": ROLE})
+        sa_token = self.api.issue_token("myns", "app", pod=pod, audiences=[harness.STS_AUDIENCE])
+        request = urllib.request.Request(
+            self.running.url + "/aws/token", method="POST", headers={"Authorization": f"Bearer {sa_token}"}
+        )
+        with urllib.request.urlopen(request, context=self.context, timeout=10) as response:
+            body = json.loads(response.read())
+        return str(body["token"])
+
+
+@pytest.fixture(params=ALGORITHMS)
+def service(
+    request: pytest.FixtureRequest,
+    api_server: apiserver.APIServer,
+    kube: kubeapi.KubeAPI,
+    tls: harness.TLSFiles,
+    tmp_path: pathlib.Path,
+) -> Iterator[Service]:
+    algorithm = request.param
+    harness.write_keyset(tmp_path, "aws", algorithm, count=2)
+    runtime = harness.runtime_config(harness.endpoint(algorithm=algorithm, session_tags=True))
+    app = harness.make_app(runtime, kube, tmp_path)
+    with harness.RunningServer(app, tls) as running:
+        yield Service(running, tls, api_server)
+
+
+def tamper(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["namespace"] = "kube-system"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+def joserfc_verify(token: str, jwks: Any, algorithm: str, audience: str = AUDIENCE) -> dict[str, Any]:
+    keys = joserfc.jwk.KeySet.import_key_set(jwks)
+    decoded = joserfc.jwt.decode(token, keys, algorithms=[algorithm])
+    registry = joserfc.jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": ISSUER},
+        aud={"essential": True, "value": audience},
+        exp={"essential": True},
+        sub={"essential": True},
+    )
+    registry.validate(decoded.claims)
+    assert decoded.header["kid"] in {k["kid"] for k in jwks["keys"]}
+    return dict(decoded.claims)
+
+
+def pyjwt_verify(service: Service, token: str, algorithm: str, audience: str = AUDIENCE) -> dict[str, Any]:
+    discovery, _ = service.get("/aws/.well-known/openid-configuration")
+    assert discovery["issuer"] == ISSUER
+    jwks_url = discovery["jwks_uri"].replace(ISSUER, service.endpoint_base, 1)
+    client = jwt.PyJWKClient(jwks_url, ssl_context=service.context, cache_jwk_set=False)
+    key = client.get_signing_key_from_jwt(token)
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        key,
+        algorithms=[algorithm],
+        audience=audience,
+        issuer=discovery["issuer"],
+        options={"require": ["exp", "iat", "sub"]},
+    )
+    return claims
+
+
+def test_minted_tokens_verify_with_two_libraries(service: Service) -> None:
+    algorithm = service.app.runtime.endpoints[0].token.algorithm
+    token = service.exchange()
+    jwks, headers = service.get("/aws/certs")
+    assert len(jwks["keys"]) == 2
+    assert "max-age=" in headers["Cache-Control"] and int(headers["Cache-Control"].split("max-age=")[1]) > 0
+    by_joserfc = joserfc_verify(token, jwks, algorithm)
+    by_pyjwt = pyjwt_verify(service, token, algorithm)
+    assert by_joserfc == by_pyjwt
+    assert by_pyjwt["sub"] == "test-cluster:myns:app"
+    assert jwt.get_unverified_header(token)["alg"] == algorithm
+
+
+def test_tampered_tokens_are_rejected(service: Service) -> None:
+    algorithm = service.app.runtime.endpoints[0].token.algorithm
+    forged = tamper(service.exchange())
+    jwks, _ = service.get("/aws/certs")
+    with pytest.raises(joserfc.errors.BadSignatureError):
+        joserfc_verify(forged, jwks, algorithm)
+    with pytest.raises(jwt.InvalidSignatureError):
+        pyjwt_verify(service, forged, algorithm)
+
+
+def test_wrong_audience_is_rejected(service: Service) -> None:
+    algorithm = service.app.runtime.endpoints[0].token.algorithm
+    token = service.exchange()
+    jwks, _ = service.get("/aws/certs")
+    with pytest.raises(joserfc.errors.InvalidClaimError):
+        joserfc_verify(token, jwks, algorithm, audience="api://AzureADTokenExchange")
+    with pytest.raises(jwt.InvalidAudienceError):
+        pyjwt_verify(service, token, algorithm, audience="api://AzureADTokenExchange")
+
+
+def test_expired_tokens_are_rejected(service: Service) -> None:
+    algorithm = service.app.runtime.endpoints[0].token.algorithm
+    for state in service.app.endpoints.values():
+        state.minter.clock = lambda: time.time() - 7200  # minted two hours ago, lifetime one hour
+    token = service.exchange()
+    jwks, _ = service.get("/aws/certs")
+    with pytest.raises(joserfc.errors.ExpiredTokenError):
+        joserfc_verify(token, jwks, algorithm)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        pyjwt_verify(service, token, algorithm)
+
+
+@pytest.fixture
+def sts(service: Service) -> Iterator[awssts.AWSSTS]:
+    with awssts.AWSSTS() as double:
+        double.add_provider(awssts.Provider(ISSUER, (AUDIENCE,), service.endpoint_base, service.context))
+        double.trust[ROLE] = "test-cluster:myns:app"
+        yield double
+
+
+def botocore_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, sts_url: str, token: str) -> Any:
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "kube-sts-test")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts_url)
+    session = botocore.session.Session()
+    credentials = session.get_credentials()
+    assert credentials is not None and credentials.method == "assume-role-with-web-identity"
+    return credentials.get_frozen_credentials()
+
+
+def test_botocore_web_identity_with_a_minted_token(
+    service: Service, sts: awssts.AWSSTS, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    frozen = botocore_credentials(monkeypatch, tmp_path, sts.url, service.exchange())
+    assert sts.errors == []
+    [call] = sts.calls
+    assert frozen.access_key == call.access_key_id and frozen.token
+    assert call.role_arn == ROLE and call.session_name == "kube-sts-test"
+    assert call.claims["https://aws.amazon.com/tags"]["principal_tags"]["namespace"] == ["myns"]
+    assert int(call.jwks_cache_control.split("max-age=")[1]) > 0
+
+
+def test_botocore_is_refused_a_tampered_token(
+    service: Service, sts: awssts.AWSSTS, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    with pytest.raises(botocore.exceptions.ClientError, match="InvalidIdentityToken"):
+        botocore_credentials(monkeypatch, tmp_path, sts.url, tamper(service.exchange()))
+    assert sts.calls == [] and sts.errors[0][0] == "InvalidIdentityToken"
+
+
+def test_sts_double_checks_issuer_audience_and_expiry(service: Service, sts: awssts.AWSSTS) -> None:
+    token = service.exchange()
+    claims, _ = sts.verify(token, ROLE)
+    assert claims["iss"] == ISSUER
+    sts.providers[ISSUER].client_ids = ("api://AzureADTokenExchange",)
+    with pytest.raises(awssts.STSError, match="audience"):
+        sts.verify(token, ROLE)
+    sts.providers[ISSUER].client_ids = (AUDIENCE,)
+    sts.providers = {ISSUER + "/": sts.providers[ISSUER]}
+    with pytest.raises(awssts.STSError, match="No OpenIDConnect provider"):
+        sts.verify(token, ROLE)
+    sts.providers = {ISSUER: awssts.Provider(ISSUER, (AUDIENCE,), service.endpoint_base, service.context)}
+    sts.leeway = -7200  # the double's clock two hours ahead
+    with pytest.raises(awssts.STSError) as expired:
+        sts.verify(token, ROLE)
+    assert expired.value.code == "ExpiredTokenException"
+    sts.leeway = 0
+    sts.trust[ROLE] = "test-cluster:other:app"
+    with pytest.raises(awssts.STSError) as denied:
+        sts.verify(token, ROLE)
+    assert denied.value.code == "AccessDenied"
+
+
+def test_server_speaks_tls_only_with_our_ca(service: Service) -> None:
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(service.running.url + "/healthz", context=ssl.create_default_context(), timeout=10)
+    assert service.get("/healthz")[0] == {"status": "ok"}
+    assert isinstance(service.app, server.App)
