@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from kube_sts.runtime import config, keyset
+from kube_sts.runtime import config, issuer, keyset
 
 __all__ = ["main"]
 
@@ -288,11 +288,38 @@ def _load_documents(path: str) -> Any:
         raise InputError(f"{origin}: not JSON ({exc})") from None
 
 
+def _offline_documents(args: argparse.Namespace) -> Any:
+    """What the endpoint's ``issuer-docs`` route answers, from the key set file alone."""
+    if args.host is None:
+        raise UsageError("sts-compile issuer-docs: --keyset needs --host (the issuer host, e.g. d1234.cloudfront.net)")
+    current = _read(args.keyset)
+    now = _now(args)
+    published = current.published(now, args.token_lifetime + keyset.CLOCK_SKEW)
+    if not published:
+        raise InputError(f"{args.keyset}: no key is published at {now}; add one with `sts-compile keys add`")
+    newest = max(published, key=lambda key: (key.sign_from, key.kid))
+    try:
+        endpoint = config.Endpoint.model_validate(
+            {
+                "name": current.endpoint or "offline",
+                "audience": "offline",
+                "path": f"/{current.endpoint or 'offline'}",
+                "issuer": {"host": args.host, "keypair": "offline"},
+                "token": {"algorithm": newest.algorithm, "awsSessionTags": args.aws_session_tags},
+            }
+        )
+    except ValueError:
+        raise InputError(f"--host {args.host!r} is not a host name (no scheme, port or path)") from None
+    return issuer.issuer_docs(endpoint, [key.public_jwk() for key in published])
+
+
 def _issuer_docs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.url is not None:
         discovery, jwks = _check_documents(args.url, _fetch(args.url, args.cacert))
-    else:
+    elif args.documents is not None:
         discovery, jwks = _check_documents(args.documents, _load_documents(args.documents))
+    else:
+        discovery, jwks = _check_documents(args.keyset, _offline_documents(args))
     _write_documents(args.output, discovery, jwks)
     kids = ", ".join(entry["kid"] for entry in jwks["keys"])
     err.write(f"{args.output}: wrote .well-known/openid-configuration and certs (kids {kids})\n")
@@ -364,6 +391,11 @@ def _docs_parser(docs: argparse.ArgumentParser) -> None:
     source = docs.add_mutually_exclusive_group(required=True)
     source.add_argument("--url", help="https://<service>/<path>/issuer-docs of a running endpoint")
     source.add_argument("--documents", help="a saved issuer-docs answer, '-' for stdin (e.g. from kubectl get --raw)")
+    source.add_argument("--keyset", help="a key set file (offline; needs --host)")
+    docs.add_argument("--host", help="with --keyset: the issuer host, e.g. d1234.cloudfront.net")
+    docs.add_argument("--token-lifetime", type=_duration, default=DEFAULT_LIFETIME, help="with --keyset (default 1h)")
+    docs.add_argument("--aws-session-tags", action="store_true", help="with --keyset: the endpoint sets session tags")
+    docs.add_argument("--now", **_NOW)
     docs.add_argument("--cacert", help="CA bundle to trust for --url")
     docs.add_argument("-o", "--output", required=True, help="directory to write (then `aws s3 sync` it)")
     docs.set_defaults(run=_issuer_docs)

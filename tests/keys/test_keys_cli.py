@@ -151,7 +151,7 @@ def test_secret_manifest(created: pathlib.Path) -> None:
         (["keys", "secret", "x.json", "--name", "Bad_Name", "--namespace", "ns"], 2, "is not a Secret name"),
         (["keys", "show", "missing.json"], 1, "missing.json: cannot read"),
         (["frobnicate"], 2, "invalid choice"),
-        (["issuer-docs", "-o", "out"], 2, "one of the arguments --url --documents is required"),
+        (["issuer-docs", "-o", "out"], 2, "one of the arguments --url --documents --keyset is required"),
     ],
 )
 def test_usage_and_input_errors(

@@ -1,0 +1,59 @@
+"""`sts-compile issuer-docs` against the running token service, and offline from the key set file."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+
+from kube_sts.compiler import keys as keys_cli
+from kube_sts.runtime import keymanager, kubeapi, server
+from tests.runtime import harness
+
+
+def run(*argv: str) -> tuple[int, str]:
+    err = io.StringIO()
+    out = io.StringIO()
+    code = keys_cli.main(list(argv), out, err)
+    assert out.getvalue() == ""
+    return code, err.getvalue()
+
+
+def tree(directory: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_online_and_offline_documents_are_identical_and_follow_reloads(
+    kube: kubeapi.KubeAPI, tmp_path: pathlib.Path
+) -> None:
+    keys_dir = tmp_path / "keys"
+    (keys_dir / "aws").mkdir(parents=True)
+    key_file = keys_dir / "aws" / keymanager.DATA_KEY
+    assert run("keys", "create", "--endpoint", "aws", "--algorithm", "RS256", "-o", str(key_file))[0] == 0
+
+    runtime = harness.runtime_config(harness.endpoint("aws"))
+    manager = keymanager.KeyManager.from_config(runtime, keys_dir=keys_dir, fetcher=None)
+    manager.refresh()
+    app = server.App(runtime, kube=kube, keys=manager)
+    tls = harness.make_tls(tmp_path / "tls")
+
+    def both(name: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        online, offline = tmp_path / f"{name}-online", tmp_path / f"{name}-offline"
+        url = f"{running.url}/aws/issuer-docs"
+        code, err = run("issuer-docs", "--url", url, "--cacert", str(tls.ca), "-o", str(online))
+        assert code == 0, err
+        code, err = run("issuer-docs", "--keyset", str(key_file), "--host", harness.ISSUER_HOST, "-o", str(offline))
+        assert code == 0, err
+        return tree(online), tree(offline)
+
+    with harness.RunningServer(app, tls) as running:
+        online, offline = both("first")
+        assert online == offline
+        assert sorted(online) == [".well-known/openid-configuration", "certs"]
+        assert online[".well-known/openid-configuration"].count(b'"issuer": "https://issuer.example"') == 1
+
+        # A new key in the mounted file is served after the next refresh, without a restart.
+        assert run("keys", "add", str(key_file), "--lead", "1h")[0] == 0
+        manager.refresh()
+        online, offline = both("second")
+        assert online == offline
+        assert online["certs"].count(b'"kid"') == 2
