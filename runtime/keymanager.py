@@ -195,11 +195,12 @@ class KeyProvider:
 
     def status(self) -> tuple[bool, str]:
         """(ready, reason): ready when a key can sign now."""
+        problem = self._snapshot.problem
         try:
             key = self.signing_key()
         except keyset.KeySetError as exc:
-            return False, f"endpoint {self.endpoint.name}: {exc}"
-        problem = self._snapshot.problem
+            also = f"; last reload failed: {problem}" if problem and problem != str(exc) else ""
+            return False, f"endpoint {self.endpoint.name}: {exc}{also}"
         note = f"; last reload failed: {problem}" if problem else ""
         return True, f"endpoint {self.endpoint.name}: signing with {key.kid}{note}"
 

@@ -57,3 +57,34 @@ def test_online_and_offline_documents_are_identical_and_follow_reloads(
         online, offline = both("second")
         assert online == offline
         assert online["certs"].count(b'"kid"') == 2
+
+
+def test_readyz_reports_why_no_key_can_sign(kube: kubeapi.KubeAPI, tmp_path: pathlib.Path) -> None:
+    keys_dir = tmp_path / "keys"
+    key_file = keys_dir / "aws" / keymanager.DATA_KEY
+    key_file.parent.mkdir(parents=True)
+    runtime = harness.runtime_config(harness.endpoint("aws"))
+    manager = keymanager.KeyManager.from_config(runtime, keys_dir=keys_dir, fetcher=None)
+    app = server.App(runtime, kube=kube, keys=manager)
+
+    cases = [
+        (b'{"version": 1, "keys": [{"kid": "x"', "corrupt or truncated JSON"),
+        (b'{"version": 1, "keys": []}', "the key set has no keys"),
+    ]
+    for data, reason in cases:
+        key_file.write_bytes(data)
+        manager.refresh()
+        answer = harness.asgi_call(app, "GET", "/readyz")
+        assert answer.status == 503
+        assert reason in answer.body.decode()
+        assert harness.asgi_call(app, "GET", "/aws/certs").json() == {"keys": []}
+
+    run("keys", "create", "--endpoint", "other", "-o", str(key_file), "--force", "--algorithm", "ES256")
+    manager.refresh()
+    answer = harness.asgi_call(app, "GET", "/readyz")
+    assert answer.status == 503
+    assert "the key set belongs to endpoint 'other', not 'aws'" in answer.body.decode()
+
+    run("keys", "create", "--endpoint", "aws", "-o", str(key_file), "--force", "--algorithm", "ES256")
+    manager.refresh()
+    assert harness.asgi_call(app, "GET", "/readyz").json()["checks"]["keys"]["ready"] is True
