@@ -6,8 +6,10 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 
+import hypothesis
 import jwt as pyjwt
 import pytest
+from hypothesis import strategies as st
 from joserfc import jwk as jose_jwk
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
@@ -257,3 +259,34 @@ def test_config_rejects_endpoints_sharing_a_key_set() -> None:
     }
     with pytest.raises(ValueError, match=r"endpoints 'aws' and 'prod' share issuer\.keypair 'shared-keys'"):
         config.RuntimeConfig.model_validate(runtime)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    gaps=st.lists(st.integers(min_value=1, max_value=LEAD - 1), min_size=50, max_size=250),
+    uploads=st.lists(st.booleans(), min_size=50, max_size=250),
+)
+def test_schedule_invariants_for_any_manager_timing(gaps: list[int], uploads: list[bool]) -> None:
+    """Whatever the timing of passes (never a lead time apart) and of uploads: some key always
+    signs, the signer is served by the issuer unless none that can sign is, and every key stays
+    in the JWKS from a lead time before it signs until its last token expires."""
+    make = key_factory("ES256")
+    current = keyset.KeySet()
+    served: set[str] = set()
+    now = 0
+    history: list[tuple[int, str, frozenset[str]]] = []
+    for index, gap in enumerate(gaps):
+        held = {key.kid for key in current.keys} - served
+        current = rotation.next_keyset(current, now, POLICY, make, held).keyset
+        if index == 0 or uploads[index % len(uploads)]:
+            served = {key.kid for key in current.published(now, POLICY.retention)}
+        held = {key.kid for key in current.keys} - served
+        signer = current.signing_key(now, held)
+        if any(key.kid in served for key in current.candidates(now)):
+            assert signer.kid in served
+        history.append((now, signer.kid, frozenset(k.kid for k in current.published(now, POLICY.retention))))
+        now += gap
+    for signed_at, kid, _ in history:
+        for moment, _, published in history:
+            if signed_at - LEAD <= moment <= signed_at + LIFETIME:
+                assert kid in published, (signed_at, moment)
