@@ -162,6 +162,7 @@ class KeyProvider:
         self._last_fetch: float | None = None
         self._resource_version = ""
         self._fetch_error: str | None = None
+        self._read_error: str | None = None
         self._warned: str | None = None
         self._lock = threading.Lock()
 
@@ -276,11 +277,15 @@ class KeyProvider:
             data, self._resource_version = found
         except ConflictError:
             return self._refresh_managed_after_conflict(name)
-        except Exception as exc:  # the API server is unreachable or refused: keep going on the file
-            log.warning("endpoint %s: cannot read %s (%s); using the mounted file", self.endpoint.name, name, exc)
+        except Exception as exc:  # the API server is unreachable or refused: keep going on what we have
+            if str(exc) != self._read_error:
+                self._read_error = str(exc)
+                fallback = "keeping the loaded key set" if self._snapshot.keys is not None else "using the mounted file"
+                log.warning("endpoint %s: cannot read %s (%s); %s", self.endpoint.name, name, exc, fallback)
             if self._snapshot.keys is not None:
                 return self._snapshot
             return self._refresh_file()
+        self._read_error = None
         return self._adopt(data, self._secret_source())
 
     def _refresh_managed_after_conflict(self, name: str) -> Snapshot:
