@@ -6,13 +6,16 @@ audience), ``sub`` (the endpoint's template, default ``<cluster>:<namespace>:<sa
 ``iat``/``nbf``/``exp`` as integers, ``jti`` (128 random bits), ``cluster``, ``namespace``,
 ``saname`` and, when enabled, AWS session tags under ``https://aws.amazon.com/tags``.
 
-PyJWT receives the loaded key object; re-parsing PEM would cost milliseconds per token.
+PyJWT receives the loaded key object; re-parsing PEM would cost milliseconds per token. The
+claims are serialized once here and signed through PyJWT's JWS layer, which skips the JWT
+layer's re-validation of claims this module has just built (a fifth of the per-token cost).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -25,6 +28,7 @@ from kube_sts.runtime import authorizer, config, keyset
 __all__ = ["AWS_TAGS", "Minted", "Minter"]
 
 AWS_TAGS = "https://aws.amazon.com/tags"
+_JWS = jwt.PyJWS()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,5 +94,6 @@ class Minter:
         now = int(self.clock())
         jti = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
         claims = self.claims(caller, now, jti)
-        token = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "JWT"})
+        payload = json.dumps(claims, separators=(",", ":")).encode()
+        token = _JWS.encode(payload, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "JWT"})
         return Minted(token, key.kid, jti, now, claims["exp"], claims["sub"])

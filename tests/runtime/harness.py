@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import io
 import ipaddress
 import json
 import pathlib
@@ -162,7 +163,15 @@ def key_manager(runtime: config.RuntimeConfig, keys_dir: pathlib.Path) -> keyman
 def make_app(
     runtime: config.RuntimeConfig, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path, **options: Any
 ) -> server.App:
+    """The app with keys from ``keys_dir`` and its audit trail in memory (``audit_lines``)."""
+    options.setdefault("audit", server.AuditTrail(io.StringIO()))
     return server.App(runtime, kube=kube, keys=key_manager(runtime, keys_dir), **options)
+
+
+def audit_lines(app: server.App) -> list[dict[str, Any]]:
+    stream = app.audit.stream
+    assert isinstance(stream, io.StringIO)
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @dataclasses.dataclass(frozen=True)

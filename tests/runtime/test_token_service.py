@@ -64,14 +64,17 @@ def test_exchange_mints_a_token(
     assert claims["exp"] == body["expires_at"] == claims["iat"] + 3600 and claims["nbf"] == claims["iat"]
     assert all(type(claims[c]) is int for c in ("iat", "nbf", "exp"))
     assert minter.AWS_TAGS not in claims
-    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "kube_sts.audit"]
+    records = harness.audit_lines(app)
     assert records == [
         {
-            "event": "token", "endpoint": "aws", "namespace": "myns", "serviceaccount": "app", "pod": "app-1",
+            "time": claims["iat"], "event": "token", "endpoint": "aws",
+            "namespace": "myns", "serviceaccount": "app", "pod": "app-1",
             "decision": "allow", "reason": "ok", "kid": header["kid"], "jti": claims["jti"], "exp": claims["exp"],
         }
     ]  # fmt: skip
-    assert token not in caplog.text and body["token"] not in caplog.text
+    logged = caplog.text + json.dumps(records)
+    assert token not in logged and body["token"] not in logged
+    assert token.split(".")[2] not in logged and body["token"].split(".")[2] not in logged
 
 
 def test_review_is_cached_briefly(api_server: apiserver.APIServer, app: server.App) -> None:
@@ -187,6 +190,13 @@ def test_rules_deny_with_403(
     answer = exchange(app, token)
     assert (answer.status, answer.json()["error"]) == (403, "denied")
     assert "aws" in answer.json()["message"] and "namespace" not in answer.json()["message"]
+    [record] = harness.audit_lines(app)
+    assert (record["decision"], record["reason"], record["namespace"], record["kid"]) == (
+        "deny",
+        "denied",
+        namespace,
+        None,
+    )
 
 
 def test_no_rules_means_deny(api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path) -> None:
