@@ -29,7 +29,7 @@ __all__ = ["main"]
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DEFAULT_SIGN_FOR = "30d"
+DEFAULT_SIGN_FOR = "365d"
 DEFAULT_LEAD = "1d"
 DEFAULT_LIFETIME = "1h"
 
@@ -345,7 +345,7 @@ def _keys_parser(keys: argparse.ArgumentParser) -> None:
     create = actions.add_parser("create", help="write a new key set file with one signing key")
     create.add_argument("--endpoint", required=True, type=_name(_DNS_LABEL, "an endpoint name (DNS label)"))
     create.add_argument("--algorithm", choices=keyset.ALGORITHMS, default="RS256")
-    create.add_argument("--sign-for", type=_duration, default=DEFAULT_SIGN_FOR, help="signing window (default 30d)")
+    create.add_argument("--sign-for", type=_duration, default=DEFAULT_SIGN_FOR, help="signing window (default 365d)")
     create.add_argument("--rsa-bits", type=int, default=keyset.MIN_RSA_BITS)
     create.add_argument("-o", "--output", required=True, help="key set file to write")
     create.add_argument("--force", action="store_true", help="replace an existing file")
@@ -356,7 +356,7 @@ def _keys_parser(keys: argparse.ArgumentParser) -> None:
     add.add_argument("file")
     add.add_argument("--algorithm", choices=keyset.ALGORITHMS, default=None, help="default: the newest key's")
     add.add_argument("--lead", type=_duration, default=DEFAULT_LEAD, help="publication lead (default 1d)")
-    add.add_argument("--sign-for", type=_duration, default=DEFAULT_SIGN_FOR, help="signing window (default 30d)")
+    add.add_argument("--sign-for", type=_duration, default=DEFAULT_SIGN_FOR, help="signing window (default 365d)")
     add.add_argument("--rsa-bits", type=int, default=keyset.MIN_RSA_BITS)
     add.add_argument("--now", **now)
     add.set_defaults(run=_add)
@@ -401,13 +401,32 @@ def _docs_parser(docs: argparse.ArgumentParser) -> None:
     docs.set_defaults(run=_issuer_docs)
 
 
+def _protect_kids(arguments: list[str]) -> list[str]:
+    """Pass ``keys retire`` positionals after ``--``: a kid may start with '-' (base64url)."""
+    if arguments[:2] != ["keys", "retire"]:
+        return arguments
+    options: list[str] = []
+    positionals: list[str] = []
+    words = iter(arguments[2:])
+    for word in words:
+        if word in ("--remove", "--force", "-h", "--help") or word.startswith("--now="):
+            options.append(word)
+        elif word == "--now":
+            options += [word, next(words, "")]
+        elif word == "--":
+            positionals += list(words)
+        else:
+            positionals.append(word)
+    return [*arguments[:2], *options, "--", *positionals]
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run ``keys ...`` or ``issuer-docs ...``; returns the exit code."""
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parser().parse_args(arguments)
+        args = _parser().parse_args(_protect_kids(arguments))
         result: int = args.run(args, stdout, stderr)
     except UsageError as exc:
         stderr.write(f"{exc}\n")
@@ -421,3 +440,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,6 +48,8 @@ KEYS_DIR = pathlib.Path("/etc/kube-sts/keys")
 PUBLICATION_INTERVAL = 60
 """Seconds between fetches of the issuer's public JWKS while a key is not served yet."""
 REFRESH_INTERVAL = 15.0
+EXPIRY_WARNING = 7 * 86400
+"""Provided key sets: warn this long before the last key stops signing."""
 
 log = logging.getLogger("kube_sts.keys")
 
@@ -203,7 +205,18 @@ class KeyProvider:
             also = f"; last reload failed: {problem}" if problem and problem != str(exc) else ""
             return False, f"endpoint {self.endpoint.name}: {exc}{also}"
         note = f"; last reload failed: {problem}" if problem else ""
-        return True, f"endpoint {self.endpoint.name}: signing with {key.kid}{note}"
+        return True, f"endpoint {self.endpoint.name}: signing with {key.kid}{note}{self._expiry_note()}"
+
+    def _expiry_note(self) -> str:
+        """A warning when a provided key set is about to run out of keys that can sign."""
+        keys = self._snapshot.keys
+        if self.managed or keys is None or not keys.keys:
+            return ""
+        now = self.now()
+        last = max(key.sign_until for key in keys.keys)
+        if last - now > max(self.policy.publish_lead, EXPIRY_WARNING):
+            return ""
+        return f"; no key signs after {last} (in {(last - now) // 3600}h): add one with `sts-compile keys add`"
 
     # -- refreshing --------------------------------------------------------------------------
 
@@ -369,7 +382,8 @@ class KeyProvider:
             else:
                 message = f"{reason}; {', '.join(sorted(held))} held until {url} serves it"
         if message != self._warned:
-            (log.info if ready and not held else log.warning)("%s", message)
+            quiet = ready and not held and self._snapshot.problem is None and not self._expiry_note()
+            (log.info if quiet else log.warning)("%s", message)
             self._warned = message
 
 

@@ -47,8 +47,8 @@ def write_atomically(path: pathlib.Path, data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def keys() -> tuple[keyset.Key, keyset.Key]:
-    old = keyset.generate("ES256", created=0, sign_from=0, sign_until=10_000)
-    new = keyset.generate("ES256", created=5000, sign_from=8000, sign_until=20_000)
+    old = keyset.generate("ES256", created=0, sign_from=0, sign_until=10_000_000)
+    new = keyset.generate("ES256", created=5000, sign_from=8000, sign_until=20_000_000)
     return old, new
 
 
@@ -197,3 +197,17 @@ def test_only_key_signs_even_before_publication(tmp_path: pathlib.Path, keys: tu
 def test_fetch_jwks_refuses_plain_http() -> None:
     with pytest.raises(ValueError, match="only https"):
         keymanager.fetch_jwks("http://d1.cloudfront.net/certs")
+
+
+def test_provided_key_set_about_to_run_out_warns(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "keyset.json"
+    short = keyset.generate("ES256", created=0, sign_from=0, sign_until=10_000)
+    write_atomically(path, keyset.dumps(keyset.KeySet((short,))))
+    clock = Clock(100)
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=None, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="kube_sts.keys"):
+        provider.refresh()
+    ready, reason = provider.status()
+    assert ready
+    assert reason.endswith("no key signs after 10000 (in 2h): add one with `sts-compile keys add`")
+    assert "add one with `sts-compile keys add`" in caplog.text

@@ -11,6 +11,8 @@ import json
 import pathlib
 import ssl
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -47,7 +49,7 @@ def test_create_writes_a_private_file_that_signs_now(created: pathlib.Path) -> N
     loaded = keyset.loads(created.read_bytes())
     assert loaded.endpoint == "aws"
     (key,) = loaded.keys
-    assert (key.algorithm, key.created, key.sign_from, key.sign_until) == ("ES256", NOW, NOW, NOW + 30 * 86400)
+    assert (key.algorithm, key.created, key.sign_from, key.sign_until) == ("ES256", NOW, NOW, NOW + 365 * 86400)
     assert loaded.signing_key(NOW).kid == key.kid
     assert list(created.parent.iterdir()) == [created]  # no temporary files left behind
 
@@ -287,3 +289,39 @@ def test_issuer_docs_from_a_running_endpoint(created: pathlib.Path, tmp_path: pa
     code, _, err = run("issuer-docs", "--url", "http://127.0.0.1/aws/issuer-docs", "-o", str(tmp_path / "y"))
     assert code == 1
     assert "use the https URL" in err
+
+
+def test_as_a_process(tmp_path: pathlib.Path) -> None:
+    """Real exit codes and stream discipline of the command run as a process."""
+    command = [sys.executable, "-m", "kube_sts.compiler.keys"]
+    path = tmp_path / "k.json"
+    env = {"PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"}
+    created = subprocess.run(
+        [*command, "keys", "create", "--endpoint", "aws", "-o", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert (created.returncode, created.stdout) == (0, "")
+    shown = subprocess.run([*command, "keys", "show", str(path)], capture_output=True, text=True, env=env, check=False)
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["keys"][0]["state"] == "signing"
+    usage = subprocess.run([*command, "keys", "bogus"], capture_output=True, text=True, env=env, check=False)
+    assert (usage.returncode, usage.stdout) == (2, "")
+    assert "invalid choice" in usage.stderr
+
+
+def test_retire_a_kid_that_starts_with_a_dash(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "k.json"
+    while True:  # base64url thumbprints start with '-' about once in 64 keys
+        key = keyset.generate("ES256", created=NOW, sign_from=NOW, sign_until=NOW + 1000)
+        if key.kid.startswith("-"):
+            break
+    spare = keyset.generate("ES256", created=NOW, sign_from=NOW, sign_until=NOW + 2000)
+    path.write_bytes(keyset.dumps(keyset.KeySet((key, spare), "aws")))
+    code, out, err = run("keys", "retire", key.kid, str(path), "--now", str(NOW + 5))
+    assert (code, out) == (0, ""), err
+    assert keyset.loads(path.read_bytes()).get(key.kid).sign_until == NOW + 5  # type: ignore[union-attr]
+    assert run("keys", "retire", "--remove", "--now", str(NOW + 6), "--", key.kid, str(path))[0] == 0
+    assert keyset.loads(path.read_bytes()).get(key.kid) is None
