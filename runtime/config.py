@@ -140,6 +140,11 @@ class KeyManagement(Model):
 
     @pydantic.model_validator(mode="after")
     def _lead_within_period(self) -> KeyManagement:
+        if self.publish_lead < keyset.CLOCK_SKEW:
+            raise ValueError(
+                f"publishLead ({self.publish_lead}s) must be at least {keyset.CLOCK_SKEW}s: relying parties cache "
+                "the JWKS for minutes and must see a new key before it signs"
+            )
         if self.rotation_period <= self.publish_lead:
             raise ValueError(
                 f"rotationPeriod ({self.rotation_period}s) must be longer than publishLead "

@@ -290,3 +290,9 @@ def test_schedule_invariants_for_any_manager_timing(gaps: list[int], uploads: li
         for moment, _, published in history:
             if signed_at - LEAD <= moment <= signed_at + LIFETIME:
                 assert kid in published, (signed_at, moment)
+
+
+def test_config_rejects_a_publication_lead_shorter_than_jwks_caches() -> None:
+    with pytest.raises(ValueError, match=r"publishLead \(60s\) must be at least 300s"):
+        config.KeyManagement.model_validate({"publishLead": "1m"})
+    assert config.KeyManagement.model_validate({"publishLead": "5m"}).publish_lead == 300
