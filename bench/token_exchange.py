@@ -180,7 +180,27 @@ def load(
     return ok, failed, latencies
 
 
-def run(algorithm: str, seconds: float, connections: int) -> dict[str, Any]:
+def _load_worker(job: tuple[int, str, list[str], float, str]) -> tuple[int, int, list[float]]:
+    port, ca, tokens, seconds, target = job
+    pin(CLIENT_CPU)
+    return load(port, ssl.create_default_context(cafile=ca), tokens, seconds, target)
+
+
+def drive(
+    port: int, ca: pathlib.Path, tokens: list[str], seconds: float, clients: int, target: str = "POST /aws/token"
+) -> tuple[int, int, list[float]]:
+    """``load`` split over ``clients`` processes on the load generator's CPU."""
+    jobs = [(port, str(ca), tokens[index::clients], seconds, target) for index in range(clients)]
+    with multiprocessing.get_context("spawn").Pool(clients) as pool:
+        results = pool.map(_load_worker, jobs)
+    return (
+        sum(r[0] for r in results),
+        sum(r[1] for r in results),
+        [latency for r in results for latency in r[2]],
+    )
+
+
+def run(algorithm: str, seconds: float, connections: int, clients: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kube-sts-bench-") as workdir:
         directory = pathlib.Path(workdir)
         tls = harness.make_tls(directory)
@@ -204,9 +224,9 @@ def run(algorithm: str, seconds: float, connections: int) -> dict[str, Any]:
                 port = _wait_for(child, port_file, context)
                 load(port, context, tokens, 1.0)  # warm-up: fills the review cache, warms the key
                 reviews_before = len(api.requests_to("/apis/authentication.k8s.io"))
-                ok, failed, latencies = load(port, context, tokens, seconds)
+                ok, failed, latencies = drive(port, tls.ca, tokens, seconds, clients)
                 reviews = len(api.requests_to("/apis/authentication.k8s.io")) - reviews_before
-                floor_ok, _, _ = load(port, context, tokens, min(seconds, 2.0), "GET /healthz")
+                floor_ok, _, _ = drive(port, tls.ca, tokens, min(seconds, 2.0), clients, "GET /healthz")
             finally:
                 child.terminate()
                 child.join(10)
@@ -243,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=1, help="load generator processes (all on one CPU)")
     args = parser.parse_args(argv)
     pinned = len(AVAILABLE) >= 2 and {SERVER_CPU, CLIENT_CPU} <= AVAILABLE
     print(
@@ -250,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         if pinned
         else "fewer than 2 CPUs available: server and load generator share the CPU (figures are pessimistic)"
     )
-    print(f"{args.connections} TLS keep-alive connections, {args.seconds:g} s per algorithm, reviews from the cache")
-    results = [run(algorithm, args.seconds, args.connections) for algorithm in ("RS256", "ES256")]
+    print(
+        f"{args.connections} TLS keep-alive connections from {args.clients} processes, "
+        f"{args.seconds:g} s per algorithm, reviews from the cache"
+    )
+    results = [run(algorithm, args.seconds, args.connections, args.clients) for algorithm in ("RS256", "ES256")]
     print()
     columns = ("alg", "raw signs/s", "exchanges/s", "ratio", "p50 ms", "p99 ms", "failed", "reviews", "/healthz/s")
     header = f"{columns[0]:<6}" + "".join(f"{c:>13}" for c in columns[1:])

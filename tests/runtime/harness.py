@@ -103,13 +103,14 @@ def endpoint(
     audience: str = "sts.amazonaws.com",
     host: str = ISSUER_HOST,
     label: str | None = "aws-role",
+    mode: str = "provided",
 ) -> config.Endpoint:
     document: dict[str, Any] = {
         "name": name,
         "audience": audience,
         "path": f"/{name}",
         "azRules": [{"scope": "filter", "constraint": rule} for rule in rules],
-        "issuer": {"host": host, "keypair": f"{name}-keys", "keys": {"mode": "provided"}},
+        "issuer": {"host": host, "keypair": f"{name}-keys", "keys": {"mode": mode}},
         "token": {"algorithm": algorithm, "awsSessionTags": session_tags},
     }
     if subject is not None:
