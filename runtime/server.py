@@ -677,37 +677,6 @@ async def _read_body(receive: Receive, content_length: str | None, limit: int) -
 # -- process wiring --------------------------------------------------------------------------
 
 
-class KubeSecretStore:
-    """``keymanager.SecretStore`` over ``kubeapi``: the ``keyset.json`` key of a Secret."""
-
-    def __init__(self, kube: kubeapi.KubeAPI) -> None:
-        self.kube = kube
-
-    def read(self, namespace: str, name: str) -> tuple[bytes, str] | None:
-        try:
-            secret = self.kube.get_secret(namespace, name)
-        except kubeapi.NotFoundError:
-            return None
-        return secret.data.get(keymanager.DATA_KEY, b""), secret.resource_version
-
-    def create(self, namespace: str, name: str, data: bytes) -> str:
-        secret = kubeapi.Secret(name, namespace, {keymanager.DATA_KEY: data}, "", _KEY_LABELS)
-        try:
-            return self.kube.create_secret(secret).resource_version
-        except kubeapi.AlreadyExistsError:
-            raise keymanager.ConflictError(f"Secret {namespace}/{name} already exists") from None
-
-    def replace(self, namespace: str, name: str, data: bytes, resource_version: str) -> str:
-        secret = kubeapi.Secret(name, namespace, {keymanager.DATA_KEY: data}, "", _KEY_LABELS)
-        try:
-            return self.kube.replace_secret(secret, resource_version).resource_version
-        except (kubeapi.ConflictError, kubeapi.NotFoundError):
-            raise keymanager.ConflictError(f"Secret {namespace}/{name} changed since it was read") from None
-
-
-_KEY_LABELS = {"app.kubernetes.io/managed-by": "kube-sts", "app.kubernetes.io/component": "keys"}
-
-
 def tls_context(directory: pathlib.Path) -> ssl.SSLContext:
     """The serving TLS context from ``tls.crt`` and ``tls.key`` in ``directory`` (TLS 1.2+)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -718,7 +687,7 @@ def tls_context(directory: pathlib.Path) -> ssl.SSLContext:
 
 def build(runtime: config.RuntimeConfig, *, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path) -> App:
     """The production application: key manager, routes and background services."""
-    keys = keymanager.KeyManager.from_config(runtime, keys_dir=keys_dir, secrets=KubeSecretStore(kube))
+    keys = keymanager.KeyManager.from_config(runtime, keys_dir=keys_dir, secrets=keymanager.KubeSecrets(kube))
     app = App(runtime, kube=kube, keys=keys)
     app.on_startup.append(keys.start)
     app.on_shutdown.append(keys.stop)
