@@ -118,7 +118,7 @@ class Histogram(_Metric):
             cumulative = 0.0
             for bound, count in zip((*self.buckets, math.inf), series[:-1], strict=True):
                 cumulative += count
-                le = 'le="' + _number(bound) + '"'
+                le = 'le="' + ("+Inf" if math.isinf(bound) else repr(float(bound))) + '"'
                 lines.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {_number(cumulative)}")
             lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_number(series[-1])}")
             lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {_number(cumulative)}")
