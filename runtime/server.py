@@ -27,8 +27,9 @@ never logged.
 Extension points (each a line in ``build()`` or ``main()``):
 
 - more routes, e.g. the admission webhook: ``app.add_route("POST", f"/mutate/{endpoint.name}",
-  handler, max_body=...)`` where ``handler`` is an ``async (Request) -> Response`` callable
-  (raise ``HTTPError`` for error answers); add the call in ``build()`` where it is marked;
+  handler, max_body=...)`` where ``handler`` is an ``async (web.Request) -> web.Response``
+  callable (raise ``web.HTTPError`` for error answers; route modules import ``web``,
+  not this module); add the call in ``build()`` where it is marked;
 - background services (key manager, certificate manager): ``app.on_startup`` / ``app.on_shutdown``
   take plain callables, run in order when uvicorn starts and stops the application;
 - readiness: ``app.readiness_checks`` takes ``() -> (ready, reason)`` callables;
@@ -60,7 +61,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 import uvicorn
 
-from kube_sts.runtime import authorizer, config, issuer, keymanager, keyset, kubeapi, metrics, minter
+from kube_sts.runtime import authorizer, config, issuer, keymanager, keyset, kubeapi, metrics, minter, web
 
 __all__ = [
     "App",
@@ -95,44 +96,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    """Lower-case names; repeated headers joined with ``,``."""
-    body: bytes
-    client: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-class HTTPError(Exception):
-    """An error answer: ``status``, a stable ``code`` and a message for humans."""
-
-    def __init__(self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-def json_response(status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status, json.dumps(document, separators=(",", ":")).encode(), headers=headers)
-
-
-def error_response(status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return json_response(status, {"error": code, "message": message}, headers)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
+# The request/response types live in ``web`` so route modules need not import this one.
+Request = web.Request
+Response = web.Response
+HTTPError = web.HTTPError
+Handler = web.Handler
+json_response = web.json_response
+error_response = web.error_response
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
