@@ -59,6 +59,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol, TextIO, TypeVar
 
+import kubernetes.config
 import uvicorn
 
 from kube_sts.runtime import authorizer, config, issuer, keymanager, keyset, kubeapi, metrics, minter, web
@@ -712,9 +713,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"kube-sts-server: cannot load {args.config}: {exc}", file=sys.stderr)
         return 1
-    kube = kubeapi.KubeAPI.from_environment()
+    try:
+        kube = kubeapi.KubeAPI.from_environment()
+    except kubernetes.config.ConfigException as exc:
+        print(f"kube-sts-server: no in-cluster credentials and no kubeconfig: {exc}", file=sys.stderr)
+        return 1
     app = build(runtime, kube=kube, keys_dir=args.keys_dir)
     try:
+        # The serving certificate. A certificate manager that reloads it keeps this one context
+        # object and calls load_cert_chain() on it; uvicorn uses it for every new handshake.
         context = tls_context(args.tls_dir)
     except (OSError, ssl.SSLError) as exc:
         print(f"kube-sts-server: cannot load the TLS certificate from {args.tls_dir}: {exc}", file=sys.stderr)

@@ -233,14 +233,14 @@ def asgi_call(
 class RunningServer:
     """``app`` on uvicorn with TLS on 127.0.0.1 (a free port), in a background thread."""
 
-    def __init__(self, app: server.App, tls: TLSFiles | None) -> None:
+    def __init__(self, app: server.App, tls: TLSFiles | None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.tls = tls
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
-        context = tls.server_context() if tls is not None else None
+        context = ssl_context or (tls.server_context() if tls is not None else None)
         self.server = server.uvicorn_server(
             app, host="127.0.0.1", port=self.port, ssl_context=context, log_level="warning"
         )
