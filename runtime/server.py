@@ -20,9 +20,9 @@ Errors are JSON ``{"error": "<stable code>", "message": "..."}``: 400 malformed 
 token problems (``missing_token``, ``malformed_token``, ``token_expired``, ``wrong_audience``,
 ``invalid_token``, ``unbound_token``, ``pod_not_found``, ``pod_mismatch``), 403 ``denied``,
 404 ``not_found``, 405 ``method_not_allowed``, 413 ``body_too_large`` / ``header_too_large``,
-503 ``apiserver_unavailable`` / ``no_signing_key``. Each token decision writes one JSON line to
-the audit trail (standard output; operational logs go to standard error); tokens and keys are
-never logged.
+503 ``apiserver_unavailable`` / ``apiserver_error`` / ``no_signing_key``. Each token decision
+writes one JSON line to the audit trail (standard output; operational logs go to standard
+error); tokens and keys are never logged.
 
 Extension points (each a line in ``build()`` or ``main()``):
 
@@ -418,10 +418,13 @@ class App:
             self._api_answered_at = time.monotonic()
             self._api_problem = ""
 
-    def _unreachable(self, problem: str) -> None:
+    def _unreachable(self, problem: str) -> bool:
+        """Record an outage; True when the API server had answered until now."""
         with self._api_lock:
+            was_up = self._api_answered_at is not None
             self._api_answered_at = None
             self._api_problem = problem
+        return was_up
 
     def _probe_api(self) -> None:
         try:
@@ -443,8 +446,8 @@ class App:
         except (TimeoutError, kubeapi.UnavailableError) as exc:
             outcome = "unavailable"
             problem = f"{call}: {exc}" if str(exc) else f"{call}: no answer within {self.api_timeout}s"
-            self._unreachable(problem)
-            log.warning("Kubernetes API unavailable: %s", problem)
+            if self._unreachable(problem):  # one line per outage, not one per request
+                log.warning("Kubernetes API unavailable: %s", problem)
             raise HTTPError(
                 503,
                 "apiserver_unavailable",
