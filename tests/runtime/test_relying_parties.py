@@ -7,6 +7,7 @@ discovery document and JWKS over HTTPS, as they would from the issuer's host.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import pathlib
 import ssl
@@ -244,3 +245,23 @@ def test_server_speaks_tls_only_with_our_ca(service: Service) -> None:
         urllib.request.urlopen(service.running.url + "/healthz", context=ssl.create_default_context(), timeout=10)
     assert service.get("/healthz")[0] == {"status": "ok"}
     assert isinstance(service.app, server.App)
+
+
+def test_concurrent_callers_with_a_slow_api_server(service: Service) -> None:
+    service.api.delay = 0.05
+    callers = []
+    for index in range(24):
+        pod = service.api.add_pod("myns", f"app-{index}")
+        callers.append(service.api.issue_token("myns", "app", pod=pod, audiences=[harness.STS_AUDIENCE]))
+
+    def call(token: str) -> int:
+        request = urllib.request.Request(
+            service.running.url + "/aws/token", method="POST", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, context=service.context, timeout=20) as response:
+            return int(response.status)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(call, callers))
+    assert statuses == [200] * 24
+    assert len(service.api.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 24

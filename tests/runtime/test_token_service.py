@@ -223,13 +223,19 @@ def test_subject_template_and_session_tags(
 
 
 @pytest.mark.parametrize("mode", ["refused", "error"])
-def test_api_outage_is_503_with_retry_after(api_server: apiserver.APIServer, app: server.App, mode: str) -> None:
+def test_api_outage_is_503_with_retry_after(
+    api_server: apiserver.APIServer, app: server.App, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     token = pod_token(api_server)
+    assert harness.asgi_call(app, "GET", "/readyz").status == 200
     api_server.set_outage(mode)
-    answer = exchange(app, token)
-    assert answer.status == 503
-    assert answer.json()["error"] == "apiserver_unavailable"
-    assert int(answer.headers["retry-after"]) > 0
+    with caplog.at_level(logging.WARNING, logger="kube_sts.server"):
+        answers = [exchange(app, token) for _ in range(3)]
+    for answer in answers:
+        assert answer.status == 503
+        assert answer.json()["error"] == "apiserver_unavailable"
+        assert int(answer.headers["retry-after"]) > 0
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
     api_server.set_outage(None)
     assert exchange(app, token).status == 200
 
