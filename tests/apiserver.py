@@ -158,8 +158,8 @@ def _accepts_partial(accept: str) -> bool:
     """Whether the first acceptable media type is ``PartialObjectMetadata`` (meta.k8s.io/v1)."""
     for media in accept.split(","):
         params = dict(part.strip().split("=", 1) for part in media.split(";")[1:] if "=" in part)
-        if params.get("as") == PARTIAL:
-            if params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+        if "as" in params:  # only PartialObjectMetadata (meta.k8s.io v1/v1beta1) is served as a conversion
+            if params["as"] == PARTIAL and params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
                 return True
             continue
         if media.split(";")[0].strip() in ("application/json", "*/*", "application/*"):
