@@ -240,8 +240,8 @@ class KubeAPI:
         except ValueError:
             decoded = None
         if 200 <= status < 300:
-            if decoded is None:
-                raise APIError(status, "BadResponse", f"{method} {path}: the answer is not JSON")
+            if not isinstance(decoded, dict):
+                raise APIError(status, "BadResponse", f"{method} {path}: the answer is not a JSON object")
             return decoded
         reason = str(decoded.get("reason", "")) if isinstance(decoded, dict) else ""
         message = str(decoded.get("message", "")) if isinstance(decoded, dict) else ""
