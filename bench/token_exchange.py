@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         else "fewer than 2 CPUs available: server and load generator share the CPU (figures are pessimistic)"
     )
     print(
-        f"{args.connections} TLS keep-alive connections from {args.clients} processes, "
+        f"{args.connections} TLS keep-alive connections from {args.clients} "
+        f"load process{'es' if args.clients > 1 else ''}, "
         f"{args.seconds:g} s per algorithm, reviews from the cache"
     )
     results = [run(algorithm, args.seconds, args.connections, args.clients) for algorithm in ("RS256", "ES256")]
