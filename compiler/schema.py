@@ -1,0 +1,41 @@
+"""JSON Schemas of the values file and the runtime config; ``python -m kube_sts.compiler.schema``
+rewrites ``schemas/*.schema.json``."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any, Literal
+
+__all__ = ["FILES", "text"]
+
+FILES = {"values": "values.schema.json", "runtime-config": "runtime-config.schema.json"}
+
+
+def text(which: Literal["values", "runtime-config"]) -> str:
+    """The schema as stable, indented JSON with a trailing newline."""
+    from kube_sts.compiler import values  # noqa: PLC0415
+    from kube_sts.runtime import config  # noqa: PLC0415
+
+    model: Any = values.Values if which == "values" else config.RuntimeConfig
+    schema = model.model_json_schema(by_alias=True)
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://kube-sts.tremolo.io/schemas/{FILES[which]}",
+        **schema,
+    }
+    return json.dumps(schema, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    """Rewrite the checked-in schemas next to this package's ``schemas`` folder."""
+    directory = pathlib.Path(__file__).resolve().parent.parent / "schemas"
+    for which, name in FILES.items():
+        (directory / name).write_text(text(which), encoding="utf-8")  # type: ignore[arg-type]
+        print(f"wrote {directory / name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

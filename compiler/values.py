@@ -1,0 +1,243 @@
+"""The values file model: the seed's ``sts:`` section plus extensions, each with a safe default.
+
+Endpoints are the runtime's own ``config.Endpoint`` model, so what the compiler accepts is exactly
+what the runtime runs. ``conflicts`` adds the checks that span several endpoints, and
+``runtime_config`` builds the ConfigMap's content from validated values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic import Field
+
+from kube_sts.runtime import config
+
+__all__ = ["Conflict", "Values", "conflicts", "image_reference", "runtime_config"]
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_REPOSITORY = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+_VERSION = re.compile(r"^1\.([0-9]{1,2})$")
+NATIVE_SIDECARS_SINCE = 29
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity such as '5m', '100m', '16Mi' or '1Gi'")
+    return value
+
+
+Quantity = Annotated[str, pydantic.AfterValidator(_quantity)]
+
+
+class Compute(config.Model):
+    """CPU and memory quantities."""
+
+    cpu: Quantity | None = None
+    """CPU, e.g. `50m`. Omit to leave unset."""
+    memory: Quantity | None = None
+    """Memory, e.g. `64Mi`. Omit to leave unset."""
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v is not None}
+
+
+class ResourceRequirements(config.Model):
+    """Requests and limits of one container."""
+
+    requests: Compute
+    """What the scheduler reserves."""
+    limits: Compute
+    """The ceiling; a memory limit is always set, a CPU limit is optional."""
+
+    def as_dict(self) -> dict[str, dict[str, str]]:
+        return {"requests": self.requests.as_dict(), "limits": self.limits.as_dict()}
+
+
+class Resources(config.Model):
+    """Resources of the token service and of the injected sidecar."""
+
+    runtime: ResourceRequirements = ResourceRequirements(
+        requests=Compute(cpu="50m", memory="96Mi"), limits=Compute(cpu="1", memory="256Mi")
+    )
+    """The token service and webhook container."""
+    sidecar: ResourceRequirements = ResourceRequirements(
+        requests=Compute(cpu="5m", memory="16Mi"), limits=Compute(cpu="100m", memory="32Mi")
+    )
+    """The sidecar injected into every labelled Pod: small, since it wakes up a few times an hour."""
+
+
+class Image(config.Model):
+    """The container image of the runtime (token service, webhook and sidecar)."""
+
+    repository: Annotated[str, pydantic.AfterValidator(lambda v: _match(_REPOSITORY, v, "an image repository"))] = (
+        "ghcr.io/kube-sts/kube-sts"
+    )
+    """Image repository, without tag or digest."""
+    tag: Annotated[str, pydantic.AfterValidator(lambda v: _match(_TAG, v, "an image tag"))] = "0.1.0"
+    """Image tag; ignored for pulling when `digest` is set, but kept as the version label."""
+    digest: (
+        Annotated[str, pydantic.AfterValidator(lambda v: _match(_DIGEST, v, "a digest 'sha256:<64 hex>'"))] | None
+    ) = None
+    """Image digest `sha256:...`; when set the image is pulled by digest (recommended)."""
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    """Kubernetes `imagePullPolicy`."""
+
+
+def _match(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.match(value):
+        raise ValueError(f"{value!r} is not {what}")
+    return value
+
+
+def image_reference(image: Image) -> str:
+    """``repository@digest`` when a digest is set, else ``repository:tag``."""
+    return f"{image.repository}@{image.digest}" if image.digest else f"{image.repository}:{image.tag}"
+
+
+class Certificates(config.Model):
+    """How the serving certificate of the token service and webhook is obtained."""
+
+    mode: Literal["runtime", "cert-manager"] = "runtime"
+    """`runtime`: the runtime creates and renews its own CA and certificate in a Secret and keeps each
+    webhook's `caBundle` current (no other software needed). `cert-manager`: rendered Issuer and
+    Certificate objects; cert-manager's CA injector fills `caBundle`."""
+    duration: config.Duration = 90 * 86400
+    """Lifetime of the serving certificate (cert-manager mode)."""
+    renew_before: config.Duration = 30 * 86400
+    """Renew this long before expiry (cert-manager mode)."""
+
+
+class Webhook(config.Model):
+    """The mutating admission webhook that injects the sidecar."""
+
+    failure_policy: Literal["Fail", "Ignore"] = "Fail"
+    """`Fail` (default) rejects labelled Pods while the webhook is down, so no Pod that asked for an
+    identity runs without one. Only labelled Pods are affected (objectSelector)."""
+    timeout_seconds: Annotated[int, Field(ge=1, le=30)] = 5
+    """Admission timeout, 1 to 30 seconds."""
+    certificates: Certificates = Certificates()
+    """Where the webhook's TLS certificate comes from."""
+
+
+class Sts(config.Model):
+    """The `sts:` section."""
+
+    endpoints: Annotated[list[config.Endpoint], Field(min_length=1)]
+    """STS endpoints: each an audience, an issuer with its own key set, and authorization rules."""
+    namespace: config.DnsLabel = "kube-sts"
+    """Namespace of the token service; the webhook never injects into it or into `kube-system`."""
+    name: Annotated[config.DnsLabel, Field(max_length=40)] = "kube-sts"
+    """Name (and prefix) of the rendered objects."""
+    cluster: Annotated[str, Field(min_length=1, max_length=253)] = "kubernetes"
+    """Cluster name: the `cluster` claim of minted tokens and the `cluster` rule attribute."""
+    kubernetes_version: Annotated[
+        str, pydantic.AfterValidator(lambda v: _match(_VERSION, v, "a Kubernetes version such as '1.31'"))
+    ] = "1.31"
+    """Oldest Kubernetes version the output must run on (`1.N`). From 1.29 the sidecar is a native
+    sidecar (an init container with `restartPolicy: Always`); before, an init container plus a sidecar."""
+    image: Image = Image()
+    """Container image."""
+    replicas: Annotated[int, Field(ge=1, le=20)] = 2
+    """Replicas of the token service; at least 2 keeps the fail-closed webhook available."""
+    resources: Resources = Resources()
+    """Container resources."""
+    webhook: Webhook = Webhook()
+    """Admission webhook settings."""
+    sts_audience: Annotated[str, Field(min_length=1)] = "kube-sts"
+    """Audience of the projected ServiceAccount token the sidecar presents to the token service
+    (never the API server's audience, so neither token can be replayed to the other)."""
+
+    @property
+    def native_sidecars(self) -> bool:
+        match = _VERSION.match(self.kubernetes_version)
+        assert match is not None
+        return int(match.group(1)) >= NATIVE_SIDECARS_SINCE
+
+    @property
+    def service_host(self) -> str:
+        return f"{self.name}.{self.namespace}.svc"
+
+    @property
+    def tls_secret(self) -> str:
+        return f"{self.name}-tls"
+
+    def webhook_configuration(self, endpoint: config.Endpoint) -> str:
+        return f"{self.name}-{endpoint.name}"
+
+    def webhook_configurations(self) -> tuple[str, ...]:
+        return tuple(self.webhook_configuration(e) for e in self.endpoints if e.injector is not None)
+
+
+class Values(config.Model):
+    """A kube-sts values file."""
+
+    sts: Sts
+    """The STS settings (the seed's `sts:` section plus extensions)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    """A problem spanning several endpoints, at ``loc`` (aliases, as pydantic reports them)."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    code: str
+
+
+def conflicts(sts: Sts) -> list[Conflict]:
+    """Names, paths, injector labels and key set Secrets must be unique; audiences may repeat."""
+    found: list[Conflict] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, endpoint in enumerate(sts.endpoints):
+        checks: list[tuple[str, str, tuple[str | int, ...]]] = [
+            ("name", endpoint.name, ("name",)),
+            ("path", endpoint.path, ("path",)),
+            ("keypair", endpoint.issuer.keypair, ("issuer", "keypair")),
+        ]
+        if endpoint.injector is not None:
+            checks.append(("label", endpoint.injector.label, ("injector", "label")))
+        for what, value, where in checks:
+            first = seen.setdefault((what, value), index)
+            if first != index:
+                found.append(
+                    Conflict(
+                        ("sts", "endpoints", index, *where),
+                        f"{value!r} is already used by sts.endpoints[{first}]; each endpoint needs its own {what}",
+                        f"duplicate-{what}",
+                    )
+                )
+        if endpoint.issuer.keypair == sts.tls_secret:
+            found.append(
+                Conflict(
+                    ("sts", "endpoints", index, "issuer", "keypair"),
+                    f"{endpoint.issuer.keypair!r} is the runtime's TLS Secret; choose another name",
+                    "duplicate-keypair",
+                )
+            )
+    return found
+
+
+def runtime_config(sts: Sts) -> config.RuntimeConfig:
+    """The runtime's configuration (the ConfigMap's ``config.json``) for validated values."""
+    return config.RuntimeConfig(
+        cluster=sts.cluster,
+        namespace=sts.namespace,
+        service_url=f"https://{sts.service_host}",
+        sts_audience=sts.sts_audience,
+        native_sidecars=sts.native_sidecars,
+        sidecar_image=image_reference(sts.image),
+        sidecar_resources=sts.resources.sidecar.as_dict(),
+        webhook_configurations=sts.webhook_configurations() if sts.webhook.certificates.mode == "runtime" else (),
+        tls=config.TLS(
+            mode=sts.webhook.certificates.mode,
+            secret_name=sts.tls_secret,
+            dns_names=(sts.name, f"{sts.name}.{sts.namespace}", sts.service_host, f"{sts.service_host}.cluster.local"),
+        ),
+        endpoints=tuple(sts.endpoints),
+    )
