@@ -135,3 +135,7 @@ def _check(directory: pathlib.Path, wanted: dict[str, str]) -> int:
         print(f"sts-compile: {directory} is stale; regenerate it with --output-dir {directory}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
