@@ -85,8 +85,15 @@ class Image(config.Model):
         Annotated[str, pydantic.AfterValidator(lambda v: _match(_DIGEST, v, "a digest 'sha256:<64 hex>'"))] | None
     ) = None
     """Image digest `sha256:...`; when set the image is pulled by digest (recommended)."""
-    pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
-    """Kubernetes `imagePullPolicy`."""
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] | None = None
+    """Kubernetes `imagePullPolicy`; default `IfNotPresent` with a digest, `Always` with only a tag
+    (a tag can move, so every Pod start checks it)."""
+
+    @property
+    def effective_pull_policy(self) -> str:
+        if self.pull_policy is not None:
+            return self.pull_policy
+        return "IfNotPresent" if self.digest else "Always"
 
 
 def _match(pattern: re.Pattern[str], value: str, what: str) -> str:
