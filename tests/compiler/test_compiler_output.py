@@ -13,6 +13,7 @@ import pytest
 import ruamel.yaml
 
 from kube_sts.compiler import manifest
+from kube_sts.runtime import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p.parent.name for p in (ROOT / "examples").glob("*/values.yaml"))
@@ -140,8 +141,6 @@ def test_seed_example_renders_the_contracts() -> None:
 
 
 def test_config_map_is_the_runtime_model() -> None:
-    from kube_sts.runtime import config
-
     (config_map,) = [o for o in objects("aws-two-accounts") if o["kind"] == "ConfigMap"]
     runtime = config.RuntimeConfig.model_validate_json(config_map["data"]["config.json"])
     assert [e.name for e in runtime.endpoints] == ["aws-prod", "aws-analytics"]
