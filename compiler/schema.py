@@ -1,5 +1,5 @@
 """JSON Schemas of the values file and the runtime config; ``python -m kube_sts.compiler.schema``
-rewrites ``schemas/*.schema.json``."""
+rewrites ``schemas/*.schema.json`` and ``docs/values.md``."""
 
 from __future__ import annotations
 
@@ -30,10 +30,14 @@ def text(which: Literal["values", "runtime-config"]) -> str:
 
 def main() -> int:
     """Rewrite the checked-in schemas next to this package's ``schemas`` folder."""
-    directory = pathlib.Path(__file__).resolve().parent.parent / "schemas"
+    from kube_sts.compiler import reference  # noqa: PLC0415
+
+    root = pathlib.Path(__file__).resolve().parent.parent
     for which, name in FILES.items():
-        (directory / name).write_text(text(which), encoding="utf-8")  # type: ignore[arg-type]
-        print(f"wrote {directory / name}", file=sys.stderr)
+        (root / "schemas" / name).write_text(text(which), encoding="utf-8")  # type: ignore[arg-type]
+        print(f"wrote {root / 'schemas' / name}", file=sys.stderr)
+    (root / "docs" / "values.md").write_text(reference.markdown(), encoding="utf-8")
+    print(f"wrote {root / 'docs' / 'values.md'}", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,7 @@ import pytest
 import ruamel.yaml
 from syrupy.assertion import SnapshotAssertion
 
-from kube_sts.compiler import manifest, schema
+from kube_sts.compiler import manifest, reference, schema
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p.parent.name for p in (ROOT / "examples").glob("*/values.yaml"))
@@ -29,6 +29,12 @@ def test_checked_in_schema_is_current(which: str) -> None:
     checked_in = (ROOT / "schemas" / schema.FILES[which]).read_text()
     assert checked_in == schema.text(which), (  # type: ignore[arg-type]
         "stale schema: run `python -m kube_sts.compiler.schema`"
+    )
+
+
+def test_values_reference_is_current() -> None:
+    assert (ROOT / "docs" / "values.md").read_text() == reference.markdown(), (
+        "stale docs/values.md: run `python -m kube_sts.compiler.schema`"
     )
 
 
