@@ -111,6 +111,8 @@ def _kind(value: Any) -> str:
         return "list"
     if isinstance(value, str):
         return "string"
+    if value is None:
+        return "null"
     return type(value).__name__
 
 
@@ -189,7 +191,11 @@ def _diagnostic(tree: Any, error: Any) -> diagnostics.Diagnostic:
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
-    code = {"value_error": "invalid-value"}.get(kind, kind.replace("_", "-"))
+    if kind in {"model_type", "dict_type", "model_attributes_type"}:
+        message = f"expected a mapping, found a {_kind(error.get('input'))}"
+    code = {"value_error": "invalid-value", "model_type": "not-a-mapping", "dict_type": "not-a-mapping"}.get(
+        kind, kind.replace("_", "-")
+    )
     path = diagnostics.dotted(data_loc[: max(matched, len(data_loc))])
     return diagnostics.Diagnostic(line, column, path, message, code)
 

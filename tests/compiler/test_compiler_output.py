@@ -208,3 +208,11 @@ def test_usage_errors_exit_2() -> None:
     helped = run_cli("--help")
     assert helped.returncode == 0
     assert b"keys" in helped.stdout and b"issuer-docs" in helped.stdout
+
+
+def test_keys_and_issuer_docs_are_routed_to_their_subcommands() -> None:
+    for subcommand in ("keys", "issuer-docs"):
+        result = run_cli(subcommand, "--help")
+        assert result.returncode == 0, result.stderr
+        assert subcommand.encode() in result.stdout
+        assert b"--output-dir" not in result.stdout
