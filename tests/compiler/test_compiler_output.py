@@ -210,6 +210,21 @@ def test_usage_errors_exit_2() -> None:
     assert b"keys" in helped.stdout and b"issuer-docs" in helped.stdout
 
 
+def test_stdin_and_encoding(tmp_path: pathlib.Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    values = (ROOT / "examples" / "aws" / "values.yaml").read_bytes()
+    piped = subprocess.run(
+        [sys.executable, "-m", "kube_sts.compiler.cli", "-"], input=values, capture_output=True, env=env, check=False
+    )
+    assert piped.returncode == 0
+    assert piped.stdout == run_cli("examples/aws/values.yaml").stdout
+    latin1 = tmp_path / "values.yaml"
+    latin1.write_bytes(b"sts:\n  cluster: \xe9t\xe9\n")
+    result = run_cli(str(latin1))
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode().startswith(f"{latin1}:1:1: error: the file is not UTF-8")
+
+
 def test_keys_and_issuer_docs_are_routed_to_their_subcommands() -> None:
     for subcommand in ("keys", "issuer-docs"):
         result = run_cli(subcommand, "--help")
