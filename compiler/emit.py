@@ -17,7 +17,8 @@ def _literal(node: Any) -> Any:
         return {k: _literal(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_literal(v) for v in node]
-    if isinstance(node, str) and "\n" in node:
+    if isinstance(node, str) and "\n" in node and all(line.isprintable() for line in node.split("\n")):
+        # Literal blocks cannot escape; strings with non-printable characters stay double-quoted.
         return ruamel.yaml.scalarstring.LiteralScalarString(node)
     return node
 

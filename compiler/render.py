@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 from typing import Any
 
 import jinja2
@@ -34,9 +35,21 @@ def _environment() -> jinja2.Environment:
         autoescape=False,  # noqa: S701 - YAML output; every value goes through tojson
         keep_trailing_newline=True,
     )
-    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
+    env.filters["tojson"] = tojson
     env.globals["labels"] = labels
     return env
+
+
+def tojson(value: Any) -> str:
+    """JSON (a subset of YAML) with every non-printable character as a YAML escape.
+
+    Only string contents can hold such characters, and they are always inside double quotes."""
+    text = json.dumps(value, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text
+    )
 
 
 def labels(sts: values.Sts, component: str) -> dict[str, str]:

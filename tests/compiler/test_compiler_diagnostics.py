@@ -9,10 +9,12 @@ import subprocess
 import sys
 
 import pytest
+import ruamel.yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kube_sts.compiler import diagnostics, manifest, source
+from kube_sts.compiler import diagnostics, manifest, render, source
+from kube_sts.runtime import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -176,3 +178,33 @@ def test_arbitrary_text_never_crashes(text: str) -> None:
 def test_arbitrary_structures_under_sts_never_crash(value: object) -> None:
     outcome(json.dumps({"sts": value}))
     outcome(json.dumps({"sts": {"endpoints": [value]}}))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cluster=st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s),
+    audience=st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s),
+)
+def test_arbitrary_strings_survive_rendering(cluster: str, audience: str) -> None:
+    """Values are never spliced into YAML unquoted: whatever a string holds comes out unchanged."""
+    text = render.tojson(
+        {
+            "sts": {
+                "cluster": cluster,
+                "endpoints": [
+                    {"name": "a", "audience": audience, "path": "/a", "issuer": {"host": "h.example", "keypair": "k"}}
+                ],
+            }
+        }
+    )
+    try:
+        result = manifest.compile_values(text)
+    except diagnostics.ValuesError as exc:
+        # Only length limits may reject these strings.
+        assert {d.code for d in exc.diagnostics} <= {"string-too-long"}
+        return
+    objects = list(ruamel.yaml.YAML(typ="safe", pure=True).load_all(result.text))
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    runtime = config.RuntimeConfig.model_validate_json(config_map["data"]["config.json"])
+    assert runtime.cluster == cluster
+    assert runtime.endpoints[0].audience == audience
