@@ -53,7 +53,7 @@ def test_schema_flag_prints_the_values_schema() -> None:
 
 
 def checkov_executable() -> str | None:
-    for candidate in (os.environ.get("KUBE_STS_CHECKOV"), "/work/venv-checkov/bin/checkov"):
+    for candidate in (os.environ.get("KUBE_STS_CHECKOV"), str(ROOT / ".venv-checkov" / "bin" / "checkov")):
         if candidate and pathlib.Path(candidate).is_file():
             return candidate
     return None

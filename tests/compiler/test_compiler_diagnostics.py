@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import ruamel.yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kube_sts.compiler import diagnostics, manifest, render, source
+from kube_sts.compiler import cli, diagnostics, manifest, render, source
 from kube_sts.runtime import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -208,3 +211,20 @@ def test_arbitrary_strings_survive_rendering(cluster: str, audience: str) -> Non
     runtime = config.RuntimeConfig.model_validate_json(config_map["data"]["config.json"])
     assert runtime.cluster == cluster
     assert runtime.endpoints[0].audience == audience
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(yaml_values.map(lambda v: json.dumps({"sts": v})), st.text(max_size=80)))
+def test_cli_exits_0_or_1_never_a_traceback(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "values.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([str(path)])
+    assert code in (0, 1)
+    if code == 1:
+        assert out.getvalue() == ""
+        assert f"{path}:" in err.getvalue() and "Traceback" not in err.getvalue()
+    else:
+        assert out.getvalue().startswith("---\napiVersion: v1\nkind: Namespace\n")
