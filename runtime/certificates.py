@@ -365,8 +365,8 @@ def apply(
     return result
 
 
-def next_change(bundle: Bundle, policy: Policy = Policy()) -> datetime.datetime:
-    """The earliest moment ``decide`` may answer differently (besides a change of names)."""
+def next_change(bundle: Bundle, now: datetime.datetime, policy: Policy = Policy()) -> datetime.datetime:
+    """The earliest moment after ``now`` at which ``decide`` may answer differently."""
     moments = [renew_at(bundle.certificate, policy), bundle.certificate.not_valid_after_utc]
     for a in bundle.authorities:
         ca = a.certificate
@@ -375,7 +375,8 @@ def next_change(bundle: Bundle, policy: Policy = Policy()) -> datetime.datetime:
             ca.not_valid_after_utc - policy.ca_rollover_lead,
             ca.not_valid_before_utc + policy.backdate + policy.ca_overlap,
         ]
-    return min(moments)
+    future = [m for m in moments if m > now]
+    return min(future) if future else now + _DAY
 
 
 def load_pem_certificates(data: bytes, what: str) -> tuple[x509.Certificate, ...]:

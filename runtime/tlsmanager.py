@@ -347,7 +347,7 @@ class SecretManager:
         """Epoch seconds of the next decision point of the current bundle."""
         if self.bundle is None:
             return self.clock()
-        return certificates.next_change(self.bundle, self.policy).timestamp()
+        return certificates.next_change(self.bundle, _utc(self.clock()), self.policy).timestamp()
 
     def _own(self, secret: kubeapi.Secret) -> certificates.Bundle:
         where = f"Secret {self.namespace}/{self.name}"
