@@ -62,7 +62,18 @@ from typing import Any, Protocol, TextIO, TypeVar
 import kubernetes.config
 import uvicorn
 
-from kube_sts.runtime import authorizer, config, issuer, keymanager, keyset, kubeapi, metrics, minter, web
+from kube_sts.runtime import (
+    authorizer,
+    config,
+    issuer,
+    keymanager,
+    keyset,
+    kubeapi,
+    metrics,
+    minter,
+    tlsmanager,
+    web,
+)
 
 __all__ = [
     "App",
@@ -659,12 +670,26 @@ def tls_context(directory: pathlib.Path) -> ssl.SSLContext:
     return context
 
 
-def build(runtime: config.RuntimeConfig, *, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path) -> App:
-    """The production application: key manager, routes and background services."""
+def build(
+    runtime: config.RuntimeConfig,
+    *,
+    kube: kubeapi.KubeAPI,
+    keys_dir: pathlib.Path,
+    tls: tlsmanager.TLSManager | None = None,
+) -> App:
+    """The production application: key manager, routes and background services.
+
+    ``tls`` (optional): the TLS manager whose ``server_context()`` the server listens with; it is
+    started and stopped with the application and its status is a readiness check.
+    """
     keys = keymanager.KeyManager.from_config(runtime, keys_dir=keys_dir, secrets=keymanager.KubeSecrets(kube))
     app = App(runtime, kube=kube, keys=keys)
     app.on_startup.append(keys.start)
     app.on_shutdown.append(keys.stop)
+    if tls is not None:
+        app.on_startup.append(tls.start)
+        app.on_shutdown.append(tls.stop)
+        app.readiness_checks.append(tls.status)
     # Further routes and services are added here (admission webhook: app.add_route(...)).
     return app
 
