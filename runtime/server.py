@@ -73,6 +73,7 @@ from kube_sts.runtime import (
     minter,
     tlsmanager,
     web,
+    webhook,
 )
 
 __all__ = [
@@ -676,6 +677,7 @@ def build(
     kube: kubeapi.KubeAPI,
     keys_dir: pathlib.Path,
     tls: tlsmanager.TLSManager | None = None,
+    tls_dir: pathlib.Path = TLS_DIR,
 ) -> App:
     """The production application: key manager, routes and background services.
 
@@ -690,8 +692,19 @@ def build(
         app.on_startup.append(tls.start)
         app.on_shutdown.append(tls.stop)
         app.readiness_checks.append(tls.status)
-    # Further routes and services are added here (admission webhook: app.add_route(...)).
+    # The admission webhook gives sidecars the CA of the certificate served (``tls_dir``/ca.crt
+    # when no TLS manager runs).
+    ca_file = tls_dir / "ca.crt"
+    webhook.add_routes(app, runtime, tls.ca_bundle if tls is not None else lambda: _read_optional(ca_file))
+    # Further routes and services are added here.
     return app
+
+
+def _read_optional(path: pathlib.Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def uvicorn_server(
@@ -746,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except kubernetes.config.ConfigException as exc:
         print(f"kube-sts-server: no in-cluster credentials and no kubeconfig: {exc}", file=sys.stderr)
         return 1
-    app = build(runtime, kube=kube, keys_dir=args.keys_dir)
+    app = build(runtime, kube=kube, keys_dir=args.keys_dir, tls_dir=args.tls_dir)
     try:
         # The serving certificate. A certificate manager that reloads it keeps this one context
         # object and calls load_cert_chain() on it; uvicorn uses it for every new handshake.
