@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.metadata
 import json
 from typing import Any
 
@@ -147,9 +148,9 @@ def test_label_key_is_escaped_and_marker_added_to_absent_annotations() -> None:
 
 def test_no_annotation_means_no_patch_and_a_warning() -> None:
     rt = runtime()
-    for annotations in ({}, {"tremolo.io/aws-role": "  "}):
+    for given in ({}, {"tremolo.io/aws-role": "  "}):
         pod = seed_pod()
-        pod["metadata"]["annotations"] = annotations
+        pod["metadata"]["annotations"] = given
         result = injection.patch(rt, rt.endpoints, pod, CA)
         assert result.operations == []
         assert "tremolo.io/aws-role" in result.warnings[0]
@@ -217,10 +218,8 @@ def test_several_endpoints_on_one_pod(native: bool, sequential: bool) -> None:
     pod["metadata"]["labels"]["tremolo.io/vault-role"] = "true"
     pod["metadata"]["annotations"]["tremolo.io/vault-role"] = "reader"
     pod["spec"]["initContainers"] = [{"name": "setup", "image": "busybox"}]
-    if sequential:  # one webhook per endpoint, as the API server calls them
-        patched = apply(rt, apply(rt, pod, (aws,)), (vault,))
-    else:
-        patched = apply(rt, pod)
+    # sequential: one webhook per endpoint, as the API server calls them
+    patched = apply(rt, apply(rt, pod, (aws,)), (vault,)) if sequential else apply(rt, pod)
     validate(patched)
     names = [v["name"] for v in patched["spec"]["volumes"]]
     assert len(names) == len(set(names)) == 4
@@ -297,8 +296,6 @@ def test_malformed_reviews_are_400(body: bytes) -> None:
 
 def test_injected_commands_exist_in_the_package() -> None:
     """Every command and option the patch references is a console script and an option it parses."""
-    import importlib.metadata
-
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts["kube-sts-sidecar"] == "kube_sts.runtime.sidecar:main"
     options = {s for action in sidecar._parser()._actions for s in action.option_strings}
