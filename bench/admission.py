@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
         best = max(best, rate)
         print(
-            f"  {connections:2d} connections: {rate:8.0f} reviews/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  failed {failed}"
+            f"  {connections:2d} connections: {rate:8.0f} reviews/s"
+            f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  failed {failed}"
         )
     verdict = "meets" if best >= TARGET_RATE else "BELOW"
     print(f"  best {best:.0f}/s {verdict} the target of {TARGET_RATE:.0f}/s")
