@@ -8,9 +8,10 @@ AdmissionReview v1 with a ``request.uid`` or not about a Pod gets HTTP 400 with 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from kube_sts.runtime import config, injection, web
 
@@ -29,8 +30,8 @@ def _bad(message: str) -> web.HTTPError:
 def review(runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: bytes, ca_pem: str) -> dict[str, Any]:
     """The AdmissionReview answer for the request in ``body`` (raises ``web.HTTPError`` 400)."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
         raise _bad("the body is not JSON") from None
     if not isinstance(document, dict):
         raise _bad("the body is not a JSON object")
@@ -52,8 +53,7 @@ def review(runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: bytes
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     if result.operations:
         response["patchType"] = "JSONPatch"
-        patch = json.dumps(result.operations, separators=(",", ":")).encode()
-        response["patch"] = base64.b64encode(patch).decode("ascii")
+        response["patch"] = base64.b64encode(orjson.dumps(result.operations)).decode("ascii")
     if result.warnings:
         response["warnings"] = result.warnings
     return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}
@@ -75,6 +75,6 @@ def _handler(
         ca = ca_bundle()
         if ca is None:
             raise web.HTTPError(503, "no_ca", "the token service's CA certificate is not loaded yet")
-        return web.json_response(200, review(runtime, endpoint, request.body, ca.decode("ascii")))
+        return web.Response(200, orjson.dumps(review(runtime, endpoint, request.body, ca.decode("ascii"))))
 
     return handle
