@@ -1,6 +1,7 @@
 """``kube-sts-sidecar``: keeps a minted token fresh in a file the application reads.
 
-Standard library only. Each exchange reads the projected ServiceAccount token, POSTs it as a
+Standard library only (http.client, ssl, json: a small resident footprint). Each exchange reads
+the projected ServiceAccount token, POSTs it as a
 bearer token to the token service over TLS (trusting only the given CA) and writes the answer's
 ``token`` atomically (temporary file in the same directory, fsync, rename, fsync of the directory)
 with mode 0644. It refreshes at ``--refresh-fraction`` of the lifetime with +-10% jitter; failures
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import random
@@ -22,8 +24,7 @@ import ssl
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 
 __all__ = ["expiry", "main", "write_atomically"]
@@ -87,16 +88,24 @@ def exchange(args: argparse.Namespace, context: ssl.SSLContext) -> tuple[str, in
             identity = handle.read().strip()
     except OSError as exc:
         raise ExchangeError(f"cannot read the ServiceAccount token: {exc.strerror}") from None
-    request = urllib.request.Request(  # noqa: S310 (the URL is an https:// argument)
-        args.url, data=b"", method="POST", headers={"Authorization": f"Bearer {identity}"}
-    )
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme != "https" or not url.hostname:
+        raise ExchangeError("--url must be an https:// URL")
+    connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=TIMEOUT, context=context)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as answer:  # noqa: S310
-            document = json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        raise ExchangeError(f"token service answered {exc.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        connection.request("POST", url.path or "/", body=b"", headers={"Authorization": f"Bearer {identity}"})
+        answer = connection.getresponse()
+        body = answer.read()
+    except (OSError, http.client.HTTPException) as exc:
         raise ExchangeError(f"token service unreachable: {exc}") from None
+    finally:
+        connection.close()
+    if answer.status != 200:
+        raise ExchangeError(f"token service answered {answer.status}")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise ExchangeError("token service answer is not JSON") from None
     token = document.get("token") if isinstance(document, dict) else None
     exp = expiry(token) if isinstance(token, str) else None
     if not isinstance(token, str) or exp is None:
