@@ -18,6 +18,7 @@ import multiprocessing
 import pathlib
 import selectors
 import socket
+import ssl
 import statistics
 import sys
 import tempfile
@@ -53,7 +54,7 @@ def serve_child(workdir: str, port_file: str) -> None:
 
 def load(port: int, ca: str, connections: int, seconds: float) -> tuple[int, int, list[float]]:
     token_exchange.pin(token_exchange.CLIENT_CPU)
-    context = token_exchange.ssl.create_default_context(cafile=ca)
+    context = ssl.create_default_context(cafile=ca)
     body = review_body(seed_pod())
     request = (
         f"POST /mutate/aws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
