@@ -33,9 +33,8 @@ Extension points (each a line in ``build()`` or ``main()``):
 - background services (key manager, certificate manager): ``app.on_startup`` / ``app.on_shutdown``
   take plain callables, run in order when uvicorn starts and stops the application;
 - readiness: ``app.readiness_checks`` takes ``() -> (ready, reason)`` callables;
-- TLS: ``serve()`` takes the ``ssl.SSLContext`` uvicorn uses for every handshake; a certificate
-  manager that calls ``load_cert_chain`` on that same context rotates the serving certificate
-  without a restart. ``main()`` builds it in one place (``tls_context``).
+- TLS: ``serve()`` takes the ``ssl.SSLContext`` uvicorn uses for every handshake; the TLS
+  manager's context hands each new handshake the newest certificate, so renewals need no restart.
 """
 
 from __future__ import annotations
@@ -88,14 +87,12 @@ __all__ = [
     "json_response",
     "main",
     "serve",
-    "tls_context",
     "uvicorn_server",
 ]
 
 log = logging.getLogger("kube_sts.server")
 
 CONFIG_PATH = pathlib.Path("/etc/kube-sts/config.json")
-TLS_DIR = pathlib.Path("/etc/kube-sts/tls")
 MAX_BODY = 64 * 1024
 MAX_HEADERS = 32 * 1024
 MAX_TOKEN = 16 * 1024
@@ -663,48 +660,24 @@ async def _read_body(receive: Receive, content_length: str | None, limit: int) -
 # -- process wiring --------------------------------------------------------------------------
 
 
-def tls_context(directory: pathlib.Path) -> ssl.SSLContext:
-    """The serving TLS context from ``tls.crt`` and ``tls.key`` in ``directory`` (TLS 1.2+)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
-    return context
-
-
 def build(
-    runtime: config.RuntimeConfig,
-    *,
-    kube: kubeapi.KubeAPI,
-    keys_dir: pathlib.Path,
-    tls: tlsmanager.TLSManager | None = None,
-    tls_dir: pathlib.Path = TLS_DIR,
+    runtime: config.RuntimeConfig, *, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path, tls: tlsmanager.TLSManager
 ) -> App:
-    """The production application: key manager, routes and background services.
+    """The production application: key manager, TLS manager, routes and background services.
 
-    ``tls`` (optional): the TLS manager whose ``server_context()`` the server listens with; it is
-    started and stopped with the application and its status is a readiness check.
+    The TLS manager's ``server_context()`` is what the server listens with; it starts and stops
+    with the application, its status is a readiness check, and its CA bundle is the one the
+    admission webhook hands to sidecars.
     """
     keys = keymanager.KeyManager.from_config(runtime, keys_dir=keys_dir, secrets=keymanager.KubeSecrets(kube))
     app = App(runtime, kube=kube, keys=keys)
     app.on_startup.append(keys.start)
     app.on_shutdown.append(keys.stop)
-    if tls is not None:
-        app.on_startup.append(tls.start)
-        app.on_shutdown.append(tls.stop)
-        app.readiness_checks.append(tls.status)
-    # The admission webhook gives sidecars the CA of the certificate served (``tls_dir``/ca.crt
-    # when no TLS manager runs).
-    ca_file = tls_dir / "ca.crt"
-    webhook.add_routes(app, runtime, tls.ca_bundle if tls is not None else lambda: _read_optional(ca_file))
-    # Further routes and services are added here.
+    app.on_startup.append(tls.start)
+    app.on_shutdown.append(tls.stop)
+    app.readiness_checks.append(tls.status)
+    webhook.add_routes(app, runtime, tls.ca_bundle)
     return app
-
-
-def _read_optional(path: pathlib.Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
 
 
 def uvicorn_server(
@@ -741,7 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kube-sts-server", description="kube-sts token service")
     parser.add_argument("--config", type=pathlib.Path, default=CONFIG_PATH, help="runtime config.json")
     parser.add_argument("--keys-dir", type=pathlib.Path, default=keymanager.KEYS_DIR, help="mounted key sets")
-    parser.add_argument("--tls-dir", type=pathlib.Path, default=TLS_DIR, help="tls.crt and tls.key")
+    parser.add_argument(
+        "--tls-dir",
+        type=pathlib.Path,
+        default=tlsmanager.TLS_DIR,
+        help="tls.crt, tls.key and ca.crt (cert-manager mode)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104 (in a Pod)
     parser.add_argument("--port", type=int, default=None, help="port (default: the config's port)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -759,15 +737,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except kubernetes.config.ConfigException as exc:
         print(f"kube-sts-server: no in-cluster credentials and no kubeconfig: {exc}", file=sys.stderr)
         return 1
-    app = build(runtime, kube=kube, keys_dir=args.keys_dir, tls_dir=args.tls_dir)
-    try:
-        # The serving certificate. A certificate manager that reloads it keeps this one context
-        # object and calls load_cert_chain() on it; uvicorn uses it for every new handshake.
-        context = tls_context(args.tls_dir)
-    except (OSError, ssl.SSLError) as exc:
-        print(f"kube-sts-server: cannot load the TLS certificate from {args.tls_dir}: {exc}", file=sys.stderr)
-        return 1
-    serve(app, host=args.host, port=args.port or runtime.port, ssl_context=context, log_level=args.log_level)
+    # The serving certificate: from the mounted files (cert-manager) or from the TLS Secret the
+    # runtime keeps itself. The manager's context hands every new handshake the newest certificate,
+    # so a renewal needs no restart; it starts (and loads a first certificate) with the app.
+    tls = tlsmanager.TLSManager(runtime, kube, directory=args.tls_dir)
+    app = build(runtime, kube=kube, keys_dir=args.keys_dir, tls=tls)
+    serve(
+        app, host=args.host, port=args.port or runtime.port, ssl_context=tls.server_context(), log_level=args.log_level
+    )
     return 0
 
 

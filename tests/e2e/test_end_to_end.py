@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -24,7 +25,6 @@ import yaml
 
 from kube_sts.runtime import sidecar
 from tests import apiserver, awssts
-from tests.runtime import harness
 from tests.runtime.test_entrypoint import free_port
 from tests.webhook.test_injection import seed_pod
 
@@ -36,16 +36,32 @@ ROLE = "arn:aws:iam::123456789012:role/ou-sts-oidc"
 class Runtime:
     def __init__(self, api: apiserver.APIServer, tmp: pathlib.Path) -> None:
         out = tmp / "manifests"
+        self.webhook_configurations: list[str] = []
         subprocess.run(
             [sys.executable, "-m", "kube_sts.compiler.cli", "--output-dir", str(out), str(VALUES)],
             check=True,
             cwd=ROOT,
             timeout=60,
         )
-        configmap = yaml.safe_load((out / "08-configmap-kube-sts-config.yaml").read_text())
+        # A fresh cluster: the webhook configuration as compiled (empty caBundle), no TLS Secret.
+        # The runtime creates its CA and serving certificate (runtime TLS mode, the default) and
+        # fills in the caBundle. Its certificate also names "localhost", the loopback stand-in for
+        # the Service's DNS names.
+        for manifest in sorted(out.glob("*.yaml")):
+            document = yaml.safe_load(manifest.read_text())
+            if document["kind"] == "MutatingWebhookConfiguration":
+                api.put(document)
+                self.webhook_configurations.append(document["metadata"]["name"])
+        runtime_config = json.loads(
+            yaml.safe_load((out / "08-configmap-kube-sts-config.yaml").read_text())["data"]["config.json"]
+        )
+        assert runtime_config["tls"]["mode"] == "runtime"
+        runtime_config["tls"]["dnsNames"].append("localhost")
+        self.namespace = runtime_config["namespace"]
+        self.secret_name = runtime_config["tls"]["secretName"]
         self.config_file = tmp / "config.json"
-        self.config_file.write_text(configmap["data"]["config.json"])
-        self.tls = harness.make_tls(tmp / "tls")
+        self.config_file.write_text(json.dumps(runtime_config))
+        self.api = api
         kubeconfig = tmp / "kubeconfig"
         kubeconfig.write_text(
             json.dumps(
@@ -63,7 +79,7 @@ class Runtime:
         self.env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
         self.keys = tmp / "keys"
         self.port = free_port()
-        self.base = f"https://127.0.0.1:{self.port}"
+        self.base = f"https://localhost:{self.port}"
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
@@ -76,7 +92,7 @@ class Runtime:
             "--keys-dir",
             str(self.keys),
             "--tls-dir",
-            str(self.tls.cert.parent),
+            str(self.config_file.parent / "no-tls-files"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -91,9 +107,9 @@ class Runtime:
         while True:
             assert self.process.poll() is None, self.process.communicate()[1]
             try:
-                with urllib.request.urlopen(self.base + "/readyz", context=self.tls.client_context(), timeout=5):
+                with urllib.request.urlopen(self.base + "/readyz", context=self.client_context(), timeout=5):
                     return
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, KeyError):
                 assert time.monotonic() < deadline, "the runtime did not become ready"
                 time.sleep(0.2)
 
@@ -103,11 +119,21 @@ class Runtime:
             self.process.communicate(timeout=30)
         self.process = None
 
+    def ca_bundle(self) -> str:
+        """The CA the runtime keeps in its TLS Secret (KeyError until it has created it)."""
+        secret = self.api.get("v1", "secrets", self.namespace, self.secret_name)
+        if secret is None:
+            raise KeyError(self.secret_name)
+        return base64.b64decode(secret["data"]["ca.crt"]).decode()
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.ca_bundle())
+
     def post(self, path: str, body: bytes) -> Any:
         request = urllib.request.Request(
             self.base + path, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, context=self.tls.client_context(), timeout=10) as answer:
+        with urllib.request.urlopen(request, context=self.client_context(), timeout=10) as answer:
             return json.loads(answer.read())
 
 
@@ -153,7 +179,13 @@ def test_end_to_end(
         kubernetes_validate.validate(patched, version, strict=True)
     [side] = [c for c in patched["spec"]["initContainers"] if c["name"] == "kube-sts-aws"]
     [app] = patched["spec"]["containers"]
-    assert runtime.tls.ca.read_text() == {e["name"]: e["value"] for e in side["env"]}["KUBE_STS_CA"]
+    # the sidecar trusts the CA the runtime created, and so does the API server (caBundle)
+    assert runtime.ca_bundle() == {e["name"]: e["value"] for e in side["env"]}["KUBE_STS_CA"]
+    for name in runtime.webhook_configurations:
+        stored_webhook = api_server.get("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", "", name)
+        assert stored_webhook is not None
+        for hook in stored_webhook["webhooks"]:
+            assert base64.b64decode(hook["clientConfig"]["caBundle"]).decode() == runtime.ca_bundle()
 
     # the Pod's files, mapped into the temp directory; the Service URL mapped to the local port
     stored = api_server.add_pod("myns", "aws-test-python-simple-1")
@@ -191,7 +223,7 @@ def test_end_to_end(
         # botocore with the application container's variables against the STS double
         with awssts.AWSSTS() as sts:
             sts.add_provider(
-                awssts.Provider(minted["iss"], ("sts.aws.com",), runtime.base + "/aws", runtime.tls.client_context())
+                awssts.Provider(minted["iss"], ("sts.aws.com",), runtime.base + "/aws", runtime.client_context())
             )
             for name in list(os.environ):
                 if name.startswith("AWS_"):

@@ -1,4 +1,4 @@
-"""``kube-sts-server --config PATH`` as a process: TLS, kubeconfig, a managed key set, SIGTERM."""
+"""``kube-sts-server --config PATH`` as a process: TLS from mounted files, kubeconfig, a managed key set, SIGTERM."""
 
 from __future__ import annotations
 
@@ -47,7 +47,10 @@ def test_missing_config_exits_1(tmp_path: pathlib.Path) -> None:
 def test_server_process_serves_tokens_and_stops_on_sigterm(
     api_server: apiserver.APIServer, tmp_path: pathlib.Path
 ) -> None:
-    runtime = harness.runtime_config(harness.endpoint(mode="managed"))
+    base_config = harness.runtime_config(harness.endpoint(mode="managed"))
+    # cert-manager mode: the certificate comes from the mounted files (``--tls-dir``)
+    tls_config = base_config.tls.model_copy(update={"mode": "cert-manager", "dns_names": ("localhost",)})
+    runtime = base_config.model_copy(update={"tls": tls_config})
     config_file = tmp_path / "config.json"
     config_file.write_text(runtime.model_dump_json(by_alias=True))
     tls = harness.make_tls(tmp_path / "tls")
