@@ -14,7 +14,11 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[server]"
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
+# The compiler's template engine and YAML emitter (jinja2, ruamel.yaml) are not runtime
+# dependencies: they leave the image, and the import check proves the runtime does without them.
 RUN pip install --no-cache-dir --no-index --find-links /wheels "kube-sts[server]" \
+    && pip uninstall --yes jinja2 markupsafe ruamel.yaml ruamel.yaml.clib \
+    && python -c "import kube_sts.runtime.server, kube_sts.runtime.sidecar" \
     && rm -rf /wheels \
     && groupadd --system --gid 65532 nonroot \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin nonroot \

@@ -68,3 +68,21 @@ def test_dockerfile_installs_the_server_extra_as_non_root() -> None:
     assert "command -v kube-sts-server kube-sts-sidecar" in text
     for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
         assert (ROOT / source).exists(), source
+
+
+def test_runtime_imports_nothing_the_image_removes() -> None:
+    """The image drops the compiler's packages; the runtime's console commands must not need them."""
+    removed = re.search(r"pip uninstall --yes ([^\\\n]+)", (ROOT / "Dockerfile").read_text())
+    assert removed is not None
+    distributions = removed.group(1).split()
+    assert {"jinja2", "ruamel.yaml"} <= set(distributions)
+    modules = {name.split(".")[0].lower() for name in distributions}
+    probe = (
+        "import sys, kube_sts.runtime.server, kube_sts.runtime.sidecar, kube_sts.runtime.webhook;"
+        "print(' '.join(sorted({m.split('.')[0].lower() for m in sys.modules})))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
+    )
+    assert not loaded & modules
+    assert "kube_sts" in loaded
