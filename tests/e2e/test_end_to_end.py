@@ -25,7 +25,7 @@ import yaml
 
 from kube_sts.runtime import sidecar
 from tests import apiserver, awssts
-from tests.runtime.test_entrypoint import free_port
+from tests.runtime import harness
 from tests.webhook.test_injection import seed_pod
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -62,23 +62,11 @@ class Runtime:
         self.config_file = tmp / "config.json"
         self.config_file.write_text(json.dumps(runtime_config))
         self.api = api
-        kubeconfig = tmp / "kubeconfig"
-        kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "d", "cluster": {"server": api.url}}],
-                    "users": [{"name": "sts", "user": {"token": "runtime-token"}}],
-                    "contexts": [{"name": "d", "context": {"cluster": "d", "user": "sts"}}],
-                    "current-context": "d",
-                }
-            )
-        )
+        kubeconfig = harness.write_kubeconfig(tmp / "kubeconfig", api.url)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AWS_"))}
         self.env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
         self.keys = tmp / "keys"
-        self.port = free_port()
+        self.port = harness.free_port()
         self.base = f"https://localhost:{self.port}"
         self.process: subprocess.Popen[str] | None = None
 

@@ -263,3 +263,27 @@ class RunningServer:
         self.server.should_exit = True
         self._thread.join(timeout=10)
         self._socket.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_kubeconfig(path: pathlib.Path, server_url: str) -> pathlib.Path:
+    """A kubeconfig for a runtime process that talks to the API server double at ``server_url``."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "double", "cluster": {"server": server_url}}],
+                "users": [{"name": "sts", "user": {"token": "runtime-token"}}],
+                "contexts": [{"name": "double", "context": {"cluster": "double", "user": "sts"}}],
+                "current-context": "double",
+            }
+        )
+    )
+    return path

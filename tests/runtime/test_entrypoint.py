@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,6 @@ from tests import apiserver
 from tests.runtime import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_console_script_is_registered() -> None:
@@ -54,20 +47,8 @@ def test_server_process_serves_tokens_and_stops_on_sigterm(
     config_file = tmp_path / "config.json"
     config_file.write_text(runtime.model_dump_json(by_alias=True))
     tls = harness.make_tls(tmp_path / "tls")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "double", "cluster": {"server": api_server.url}}],
-                "users": [{"name": "sts", "user": {"token": "runtime-token"}}],
-                "contexts": [{"name": "double", "context": {"cluster": "double", "user": "sts"}}],
-                "current-context": "double",
-            }
-        )
-    )
-    port = free_port()
+    kubeconfig = harness.write_kubeconfig(tmp_path / "kubeconfig", api_server.url)
+    port = harness.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
     command = [sys.executable, "-m", "kube_sts.runtime.server", "--config", str(config_file)]
