@@ -14,6 +14,10 @@ Rules:
 - AWS rule: an endpoint whose token variable is ``AWS_WEB_IDENTITY_TOKEN_FILE`` (the variable
   every AWS SDK reads) also gets ``AWS_STS_REGIONAL_ENDPOINTS=regional`` unless its
   ``extra_env`` sets that variable;
+- without native sidecars (Kubernetes before 1.29) an init container fetches the first token and a
+  sidecar container refreshes it; a Pod that runs to completion (``restartPolicy`` ``Never`` or
+  ``OnFailure``, e.g. a Job's) gets the init container only, with a warning, since a sidecar
+  container would keep it from completing;
 - the sidecar receives the STS CA certificate as the PEM in ``KUBE_STS_CA`` (no ConfigMap per
   namespace), and writes the token with mode 0644 into a memory-backed emptyDir (mode 0777), so
   any application user can read it whatever its UID or ``fsGroup``.
@@ -289,8 +293,15 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
             ours.add(init_name)
             first = _sidecar(runtime, endpoint, pod, ca_pem, name=init_name, mode="once")
             builder.insert("/spec/initContainers", spec.get("initContainers"), position, first)
-            loop = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="loop")
-            builder.append("/spec/containers", spec.get("containers"), loop)
+            if spec.get("restartPolicy") in ("Never", "OnFailure"):
+                # A regular sidecar container would keep a Job's Pod from ever completing.
+                warnings.append(
+                    f"kube-sts: endpoint {endpoint.name!r}: this Pod runs to completion and the cluster has no "
+                    f"native sidecars, so it gets one token (valid {endpoint.token.lifetime}s) that is not refreshed"
+                )
+            else:
+                loop = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="loop")
+                builder.append("/spec/containers", spec.get("containers"), loop)
         mount = {
             "name": _name("kube-sts-", endpoint.name, "-token"),
             "mountPath": token_dir(endpoint.name),

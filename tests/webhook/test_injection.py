@@ -320,3 +320,32 @@ def test_patch_does_not_mutate_its_input() -> None:
     before = copy.deepcopy(pod)
     injection.patch(rt, rt.endpoints, pod, CA)
     assert pod == before
+
+
+@pytest.mark.parametrize("restart_policy", ["Never", "OnFailure"])
+def test_pods_that_run_to_completion_get_no_sidecar_container_without_native_sidecars(restart_policy: str) -> None:
+    rt = runtime(native=False)
+    pod = seed_pod()
+    pod["spec"]["restartPolicy"] = restart_policy
+    result = injection.patch(rt, rt.endpoints, pod, CA)
+    patched = apply(rt, pod)
+    validate(patched)
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["kube-sts-aws-init"]
+    assert [c["name"] for c in patched["spec"]["containers"]] == ["aws-cli"]
+    assert (
+        env_of(patched["spec"]["containers"][0])["AWS_WEB_IDENTITY_TOKEN_FILE"] == "/var/run/secrets/kube-sts/aws/token"
+    )
+    [warning] = result.warnings
+    assert "runs to completion" in warning and "not refreshed" in warning
+    assert injection.patch(rt, rt.endpoints, patched, CA).operations == []
+
+
+def test_native_sidecars_serve_pods_that_run_to_completion() -> None:
+    rt = runtime(native=True)
+    pod = seed_pod()
+    pod["spec"]["restartPolicy"] = "Never"
+    result = injection.patch(rt, rt.endpoints, pod, CA)
+    patched = apply(rt, pod)
+    validate(patched)
+    [side] = patched["spec"]["initContainers"]
+    assert side["restartPolicy"] == "Always" and result.warnings == []
