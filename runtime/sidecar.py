@@ -1,36 +1,50 @@
 """``kube-sts-sidecar``: keeps a minted token fresh in a file the application reads.
 
-Standard library only (http.client, ssl, json: a small resident footprint). Each exchange reads
-the projected ServiceAccount token, POSTs it as a
-bearer token to the token service over TLS (trusting only the given CA) and writes the answer's
-``token`` atomically (temporary file in the same directory, fsync, rename, fsync of the directory)
-with mode 0644. It refreshes at ``--refresh-fraction`` of the lifetime with +-10% jitter; failures
-back off exponentially (1 s doubling to ``--max-backoff``) while the last good token stays on disk.
-``--once`` fetches one token and exits (init-container fallback); ``--check`` exits 0 when the
-token file holds a token valid for at least 10 more seconds (startup and readiness probes).
-SIGTERM and SIGINT end the loop with exit status 0.
+Standard library only, and only the modules a small resident footprint allows: ssl and socket for
+one HTTP/1.1 POST per exchange (``Connection: close``, a strict response parser bounded in header
+size, body size and time), json for the answer. Each exchange reads the projected ServiceAccount
+token, POSTs it as a bearer token to the token service over TLS (trusting only the given CA,
+verifying the host name) and writes the answer's ``token`` atomically (temporary file in the same
+directory, fsync, rename, fsync of the directory) with mode 0644. It refreshes at
+``--refresh-fraction`` of the lifetime with +-10% jitter; failures back off exponentially (1 s
+doubling to ``--max-backoff``) while the last good token stays on disk. ``--once`` fetches one
+token and exits (init-container fallback); ``--check`` exits 0 when the token file holds a token
+valid for at least 10 more seconds (startup and readiness probes). SIGTERM and SIGINT end the loop
+with exit status 0.
+
+Memory: argparse (with gettext), http.client (with the email package), urllib.parse, random and
+threading are not imported on the normal path. Well-formed command lines are read by a strict
+reader that accepts only what argparse would read the same way; anything else (``--help``,
+abbreviations, ``--opt=value``, a missing or unknown option, a bad number) goes to the argparse
+parser, so usage messages and exit status 2 are argparse's own.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
-import http.client
 import json
 import os
-import random
 import signal
+import socket
 import ssl
 import sys
-import threading
 import time
-import urllib.parse
 from collections.abc import Sequence
 
-__all__ = ["expiry", "main", "write_atomically"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import NoReturn
 
-TIMEOUT = 10.0
+__all__ = ["Options", "expiry", "main", "parse_arguments", "write_atomically"]
+
+TIMEOUT = 10.0  # seconds for each connect, send and receive
+DEADLINE = 30.0  # seconds for a whole exchange, however slowly the answer trickles in
 CHECK_MARGIN = 10
+MAX_HEAD = 16 * 1024  # status line and headers of the token service's answer
+MAX_BODY = 1024 * 1024  # the answer's body (a token is a few kB)
+MAX_LINE = 1024  # a chunk-size line
+SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 def expiry(token: str) -> int | None:
@@ -38,7 +52,7 @@ def expiry(token: str) -> int | None:
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return exp if isinstance(exp, int) else None
@@ -62,7 +76,99 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
         os.close(directory_descriptor)
 
 
-def _context(args: argparse.Namespace) -> ssl.SSLContext:
+class Options:
+    """The command line: the same attributes argparse's namespace has."""
+
+    url: str | None = None
+    service_account_token: str | None = None
+    token_file: str = ""
+    ca_file: str | None = None
+    ca_env: str | None = None
+    refresh_fraction: float = 0.5
+    max_backoff: float = 30.0
+    once: bool = False
+    check: bool = False
+
+
+_VALUE_OPTIONS = {
+    "--url": "url",
+    "--service-account-token": "service_account_token",
+    "--token-file": "token_file",
+    "--ca-file": "ca_file",
+    "--ca-env": "ca_env",
+    "--refresh-fraction": "refresh_fraction",
+    "--max-backoff": "max_backoff",
+}
+_FLAG_OPTIONS = {"--once": "once", "--check": "check"}
+_FLOAT_OPTIONS = frozenset({"refresh_fraction", "max_backoff"})
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse  # noqa: PLC0415 (only for --help and usage errors: argparse and gettext cost memory)
+
+    parser = argparse.ArgumentParser(prog="kube-sts-sidecar", description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="https://.../<endpoint path>/token")
+    parser.add_argument("--service-account-token", help="projected ServiceAccount token file")
+    parser.add_argument("--token-file", required=True, help="where the minted token is written")
+    parser.add_argument("--ca-file", help="PEM file of the token service's CA")
+    parser.add_argument("--ca-env", help="variable holding the PEM of the token service's CA")
+    parser.add_argument("--refresh-fraction", type=float, default=0.5, help="refresh at this share of the lifetime")
+    parser.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between failed attempts (s)")
+    parser.add_argument("--once", action="store_true", help="fetch one token and exit")
+    parser.add_argument("--check", action="store_true", help="exit 0 when a valid token is on disk")
+    return parser
+
+
+def _error(message: str) -> NoReturn:
+    """argparse's usage error: the usage line and the message on stderr, exit status 2."""
+    _parser().error(message)
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> Options:
+    """The command line as argparse reads it, without importing argparse for a well-formed one.
+
+    Accepted here: each option spelled out in full, a value option followed by a separate value
+    that does not start with ``-``, numbers that ``float`` reads, ``--token-file`` given. argparse
+    reads exactly those the same way; everything else is handed to it (help, errors, exit 2).
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    options = Options()
+    token_file = False
+    index = 0
+    while index < len(arguments):
+        argument = arguments[index]
+        flag = _FLAG_OPTIONS.get(argument)
+        if flag is not None:
+            setattr(options, flag, True)
+            index += 1
+            continue
+        name = _VALUE_OPTIONS.get(argument)
+        if name is None or index + 1 >= len(arguments) or arguments[index + 1].startswith("-"):
+            return _parse_with_argparse(arguments)
+        value: str | float = arguments[index + 1]
+        if name in _FLOAT_OPTIONS:
+            try:
+                value = float(value)
+            except ValueError:
+                return _parse_with_argparse(arguments)
+        setattr(options, name, value)
+        token_file = token_file or name == "token_file"
+        index += 2
+    if not token_file:
+        return _parse_with_argparse(arguments)
+    return options
+
+
+def _parse_with_argparse(arguments: list[str]) -> Options:
+    namespace = _parser().parse_args(arguments)
+    options = Options()
+    for name in (*_VALUE_OPTIONS.values(), *_FLAG_OPTIONS.values()):
+        setattr(options, name, getattr(namespace, name))
+    return options
+
+
+def _context(args: Options) -> ssl.SSLContext:
+    """Trusts only the given CA (never the system store) and verifies the host name."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if args.ca_file:
@@ -81,33 +187,188 @@ class ExchangeError(Exception):
     pass
 
 
-def exchange(args: argparse.Namespace, context: ssl.SSLContext) -> tuple[str, int]:
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and all(" " <= character < "\x7f" for character in text)
+
+
+def split_url(url: str) -> tuple[str, int, str]:
+    """(host, port, path) of an ``https://`` URL, read as ``urllib.parse.urlsplit`` reads it.
+
+    The host is lower-cased and without the brackets of an IPv6 literal; the port defaults to
+    443; the path is ``/`` when empty; user information, query and fragment are dropped.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() != "https" or not _printable_ascii(url) or " " in url:
+        raise ExchangeError("--url must be an https:// URL")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, path = rest[:end], rest[end:].partition("#")[0].partition("?")[0]
+    hostinfo = netloc.rpartition("@")[2]
+    if hostinfo.startswith("["):
+        host, bracket, after = hostinfo[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ExchangeError("--url must be an https:// URL")
+        port = after[1:]
+    else:
+        host, _, port = hostinfo.partition(":")
+    if not host or (port and not (port.isdigit() and int(port) <= 65535)):
+        raise ExchangeError("--url must be an https:// URL")
+    return host.lower(), int(port or 0) or 443, path or "/"
+
+
+class _Reader:
+    """Buffered reads from a socket, each bounded in size, all within one deadline."""
+
+    def __init__(self, connection: socket.socket, deadline: float) -> None:
+        self.connection = connection
+        self.deadline = deadline
+        self.buffer = bytearray()
+        self.eof = False
+
+    def _fill(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ExchangeError("token service answer too slow")
+        self.connection.settimeout(min(remaining, TIMEOUT))
+        data = self.connection.recv(65536)
+        if data:
+            self.buffer += data
+        else:
+            self.eof = True
+
+    def until(self, marker: bytes, limit: int, what: str) -> bytes:
+        """The bytes before ``marker`` (which is consumed), at most ``limit`` of them."""
+        start = 0
+        while (found := self.buffer.find(marker, start)) < 0:
+            if len(self.buffer) > limit:
+                raise ExchangeError(f"token service answer has an oversized {what}")
+            if self.eof:
+                raise ExchangeError(f"token service answer truncated in its {what}")
+            start = max(len(self.buffer) - len(marker) + 1, 0)
+            self._fill()
+        if found > limit:
+            raise ExchangeError(f"token service answer has an oversized {what}")
+        data = bytes(self.buffer[:found])
+        del self.buffer[: found + len(marker)]
+        return data
+
+    def exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            if self.eof:
+                raise ExchangeError("token service answer truncated in its body")
+            self._fill()
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def rest(self, limit: int) -> bytes:
+        while not self.eof:
+            if len(self.buffer) > limit:
+                raise ExchangeError("token service answer has an oversized body")
+            self._fill()
+        if len(self.buffer) > limit:
+            raise ExchangeError("token service answer has an oversized body")
+        return bytes(self.buffer)
+
+
+def read_response(reader: _Reader) -> tuple[int, bytes]:
+    """(status, body) of an HTTP/1.x answer; the body is read only for status 200.
+
+    Strict: CRLF line ends, ``HTTP/1.0`` or ``HTTP/1.1`` and a three-digit status, no folded or
+    nameless header lines, one decimal Content-Length or ``Transfer-Encoding: chunked`` (not
+    both) or else the body up to the end of the connection; every part within its bound.
+    """
+    head = reader.until(b"\r\n\r\n", MAX_HEAD, "header")
+    status_line, *lines = head.split(b"\r\n")
+    version, _, rest = status_line.partition(b" ")
+    code = rest[:3]
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or not (code.isdigit() and rest[3:4] in (b"", b" ")):
+        raise ExchangeError("token service answer is not HTTP")
+    status = int(code)
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or not name.isascii():
+            raise ExchangeError("token service answer has a malformed header")
+        field = name.lower()
+        if field == b"content-length":
+            lengths.append(value.strip())
+        elif field == b"transfer-encoding":
+            codings.append(value.strip().lower())
+    if status != 200:
+        return status, b""
+    if codings:
+        if lengths or codings != [b"chunked"]:
+            raise ExchangeError("token service answer has an unsupported transfer coding")
+        return status, _chunked(reader)
+    if lengths:
+        if len(lengths) != 1 or not lengths[0].isdigit():
+            raise ExchangeError("token service answer has an invalid Content-Length")
+        size = int(lengths[0])
+        if size > MAX_BODY:
+            raise ExchangeError("token service answer has an oversized body")
+        return status, reader.exactly(size)
+    return status, reader.rest(MAX_BODY)
+
+
+def _chunked(reader: _Reader) -> bytes:
+    body = bytearray()
+    while True:
+        size_line = reader.until(b"\r\n", MAX_LINE, "chunk size").partition(b";")[0].strip()
+        if not size_line or size_line.strip(b"0123456789abcdefABCDEF"):
+            raise ExchangeError("token service answer has a malformed chunk")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(body)  # trailers, if any, are not needed (the connection closes)
+        if len(body) + size > MAX_BODY:
+            raise ExchangeError("token service answer has an oversized body")
+        body += reader.exactly(size)
+        if reader.exactly(2) != b"\r\n":
+            raise ExchangeError("token service answer has a malformed chunk")
+
+
+def post(url: str, authorization: str, context: ssl.SSLContext) -> tuple[int, bytes]:
+    """One HTTP/1.1 POST without a body over a new TLS connection: (status, body)."""
+    host, port, path = split_url(url)
+    host_header = f"[{host}]" if ":" in host else host
+    if port != 443:
+        host_header += f":{port}"
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nAccept-Encoding: identity\r\n"
+        f"Authorization: {authorization}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
+    deadline = time.monotonic() + DEADLINE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname=host) as connection,
+        ):
+            connection.sendall(request)
+            return read_response(_Reader(connection, deadline))
+    except (OSError, ValueError) as exc:  # ssl errors and timeouts are OSErrors; IDNA errors ValueErrors
+        raise ExchangeError(f"token service unreachable: {exc}") from None
+
+
+def exchange(args: Options, context: ssl.SSLContext) -> tuple[str, int]:
     """One token exchange: (token, exp)."""
     try:
-        with open(args.service_account_token, encoding="ascii") as handle:
+        with open(args.service_account_token or "", encoding="ascii") as handle:
             identity = handle.read().strip()
     except OSError as exc:
         raise ExchangeError(f"cannot read the ServiceAccount token: {exc.strerror}") from None
-    url = urllib.parse.urlsplit(args.url)
-    if url.scheme != "https" or not url.hostname:
-        raise ExchangeError("--url must be an https:// URL")
-    connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=TIMEOUT, context=context)
-    try:
-        connection.request("POST", url.path or "/", body=b"", headers={"Authorization": f"Bearer {identity}"})
-        answer = connection.getresponse()
-        body = answer.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise ExchangeError(f"token service unreachable: {exc}") from None
-    finally:
-        connection.close()
-    if answer.status != 200:
-        raise ExchangeError(f"token service answered {answer.status}")
+    except ValueError:
+        raise ExchangeError("cannot read the ServiceAccount token: not ASCII") from None
+    if not _printable_ascii(identity):
+        raise ExchangeError("cannot read the ServiceAccount token: it holds control characters")
+    status, body = post(args.url or "", f"Bearer {identity}", context)
+    if status != 200:
+        raise ExchangeError(f"token service answered {status}")
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ExchangeError("token service answer is not JSON") from None
     token = document.get("token") if isinstance(document, dict) else None
-    exp = expiry(token) if isinstance(token, str) else None
+    exp = expiry(token) if isinstance(token, str) and token.isascii() else None
     if not isinstance(token, str) or exp is None:
         raise ExchangeError("token service answer holds no token with an exp claim")
     return token, exp
@@ -122,25 +383,36 @@ def valid_on_disk(path: str, now: float, margin: int = CHECK_MARGIN) -> int | No
     return exp if exp is not None and exp > now + margin else None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kube-sts-sidecar", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", help="https://.../<endpoint path>/token")
-    parser.add_argument("--service-account-token", help="projected ServiceAccount token file")
-    parser.add_argument("--token-file", required=True, help="where the minted token is written")
-    parser.add_argument("--ca-file", help="PEM file of the token service's CA")
-    parser.add_argument("--ca-env", help="variable holding the PEM of the token service's CA")
-    parser.add_argument("--refresh-fraction", type=float, default=0.5, help="refresh at this share of the lifetime")
-    parser.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between failed attempts (s)")
-    parser.add_argument("--once", action="store_true", help="fetch one token and exit")
-    parser.add_argument("--check", action="store_true", help="exit 0 when a valid token is on disk")
-    return parser
-
-
 def _log(message: str) -> None:
     print(f"kube-sts-sidecar: {message}", file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace, stop: threading.Event) -> int:
+def _jitter(low: float, high: float) -> float:
+    """Uniform in [low, high) (the random module is not needed for jitter)."""
+    return low + (high - low) * int.from_bytes(os.urandom(4), "big") / 2**32
+
+
+class Stop:
+    """SIGTERM and SIGINT, blocked and taken only while waiting (no handler thread, no threading).
+
+    A signal that arrives during an exchange stays pending: the exchange completes (its token is
+    written) and the next wait returns at once, as an event set by a signal handler would.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        if not self._set and signal.sigtimedwait(SIGNALS, max(timeout, 0.0)) is not None:
+            self._set = True
+        return self._set
+
+
+def run(args: Options, stop: Stop) -> int:
     context = _context(args)
     backoff = 1.0
     attempts = 0
@@ -154,7 +426,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             _log(f"exchange failed ({exc}); keeping the last token on disk")
             if args.once and attempts >= 8:
                 return 1
-            stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 (jitter, not cryptography)
+            stop.wait(backoff * _jitter(0.8, 1.2))
             backoff = min(backoff * 2, args.max_backoff)
             continue
         attempts = 0
@@ -162,23 +434,20 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         if args.once:
             return 0
         lifetime = max(exp - started, 1.0)
-        wait = lifetime * args.refresh_fraction * random.uniform(0.9, 1.1)  # noqa: S311
+        wait = lifetime * args.refresh_fraction * _jitter(0.9, 1.1)
         stop.wait(max(wait, 1.0))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_arguments(argv)
     if args.check:
         return 0 if valid_on_disk(args.token_file, time.time()) is not None else 1
     if not args.url or not args.service_account_token:
-        _parser().error("--url and --service-account-token are required unless --check")
+        _error("--url and --service-account-token are required unless --check")
     if not 0.1 <= args.refresh_fraction <= 0.9:
-        _parser().error("--refresh-fraction must be between 0.1 and 0.9")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return run(args, stop)
+        _error("--refresh-fraction must be between 0.1 and 0.9")
+    return run(args, Stop())
 
 
 if __name__ == "__main__":
