@@ -34,8 +34,8 @@ import json
 from collections.abc import Collection, Iterable
 from typing import Any, Literal, cast
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 __all__ = [
     "ALGORITHMS",
@@ -64,6 +64,9 @@ MAX_KEYS = 64
 
 Algorithm = Literal["RS256", "ES256"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+_SHA256 = hashes.SHA256()
+_PKCS1 = padding.PKCS1v15()
+_ECDSA = ec.ECDSA(_SHA256)
 _FIELDS = ("kid", "alg", "created", "signFrom", "signUntil", "privateKey")
 
 
@@ -132,6 +135,15 @@ class Key:
 
     def signs_at(self, now: int) -> bool:
         return self.sign_from <= now < self.sign_until
+
+    def sign(self, message: bytes) -> bytes:
+        """The JWS signature of ``message`` (RFC 7518 section 3): RSASSA-PKCS1-v1_5 with SHA-256
+        for RS256, the fixed-width big-endian ``R || S`` (64 bytes) of ECDSA P-256 for ES256."""
+        private = self.private_key
+        if isinstance(private, rsa.RSAPrivateKey):
+            return private.sign(message, _PKCS1, _SHA256)
+        r, s = utils.decode_dss_signature(private.sign(message, _ECDSA))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def public_jwk(self) -> dict[str, str]:
         """The public JWK: kty, kid, use, alg and n/e (RSA) or crv/x/y (EC)."""

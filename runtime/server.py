@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import re
 import ssl
@@ -59,6 +60,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from typing import Any, Protocol, TextIO, TypeVar
 
 import kubernetes.config
+import orjson
 import uvicorn
 
 from kube_sts.runtime import (
@@ -71,6 +73,7 @@ from kube_sts.runtime import (
     metrics,
     minter,
     tlsmanager,
+    transport,
     web,
     webhook,
 )
@@ -188,7 +191,11 @@ _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def bearer_token(header: str | None) -> str:
-    """The token of an ``Authorization: Bearer`` header, or an ``HTTPError`` 401."""
+    """The token of an ``Authorization: Bearer`` header, or an ``HTTPError`` 401.
+
+    Only the header's shape is checked here; whether the token is a JWT is checked when it is
+    not in the review cache (a cached token was checked when it was first seen).
+    """
     if not header:
         raise HTTPError(401, "missing_token", "send the ServiceAccount token as 'Authorization: Bearer <token>'")
     scheme, _, token = header.partition(" ")
@@ -197,13 +204,13 @@ def bearer_token(header: str | None) -> str:
         raise HTTPError(401, "malformed_token", "the Authorization header is not 'Bearer <token>'")
     if len(token) > MAX_TOKEN:
         raise HTTPError(413, "header_too_large", f"the token is longer than {MAX_TOKEN} bytes")
-    if _JWT.fullmatch(token) is None:
-        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT")
     return token
 
 
 def unverified_claims(token: str) -> Mapping[str, Any]:
     """The payload of a JWT without checking it: used only to reject early, never to accept."""
+    if _JWT.fullmatch(token) is None:
+        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT")
     try:
         claims = _b64json(token.split(".")[1])
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -214,23 +221,57 @@ def unverified_claims(token: str) -> Mapping[str, Any]:
 
 
 class AuditTrail:
-    """One JSON line per token decision on a text stream, flushed line by line.
+    """One JSON line per token decision on a stream.
 
     A plain stream rather than ``logging``: the logging machinery costs more per record than
-    signing an ES256 token, and the audit trail is a data stream, not diagnostics.
+    signing an ES256 token, and the audit trail is a data stream, not diagnostics. On a stream
+    backed by a file descriptor (standard output, a file) the lines recorded during one turn of
+    the event loop go out with one unbuffered ``write(2)`` at the end of the turn, ahead of the
+    responses they describe (the server's writes are scheduled after them); without a running
+    loop each line is written at once. Other streams (``io.StringIO``) get ``write``.
     """
 
     def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
         self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._fd: int | None = None
+        if stream is not None:
+            try:
+                self._fd = stream.fileno()
+            except (AttributeError, OSError, ValueError):  # io.StringIO and friends
+                self._fd = None
+            else:
+                stream.flush()  # anything buffered before goes out first
 
     def record(self, fields: Mapping[str, Any]) -> None:
         if self.stream is None:
             return
-        line = json.dumps(fields, separators=(",", ":")) + "\n"
+        line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+        if self._fd is None:
+            with self._lock:
+                self.stream.write(line.decode())
+            return
         with self._lock:
-            self.stream.write(line)
-            self.stream.flush()
+            self._pending.append(line)
+            if len(self._pending) > 1:
+                return  # a flush is already due
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the pending lines now."""
+        with self._lock:
+            if self._fd is None or not self._pending:
+                return
+            view = memoryview(b"".join(self._pending))
+            self._pending.clear()
+            while view:
+                view = view[os.write(self._fd, view) :]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +307,7 @@ class App:
         self.api_timeout = api_timeout
         self.executor = concurrent.futures.ThreadPoolExecutor(api_threads, thread_name_prefix="kube-sts-api")
         self.cache = _ReviewCache(cache_size)
+        self._validating: dict[bytes, asyncio.Future[tuple[Identity | None, HTTPError | None]]] = {}
         self.routes: dict[str, dict[str, _Route]] = {}
         self._public_jwks: dict[str, dict[str, str]] = {}
         self.on_startup: list[Callable[[], object]] = []
@@ -286,7 +328,9 @@ class App:
             ("endpoint", "decision", "reason"),
         )  # fmt: skip
         self._m_cache = self.registry.counter(
-            "kube_sts_token_review_cache_total", "Caller validations answered from the cache or not.", ("result",)
+            "kube_sts_token_review_cache_total",
+            "Caller validations: from the cache (hit), shared with a concurrent request (shared), or new (miss).",
+            ("result",),
         )
         self._m_api = self.registry.counter(
             "kube_sts_apiserver_requests_total", "Kubernetes API calls by call and outcome.", ("call", "outcome")
@@ -417,6 +461,7 @@ class App:
                     except Exception:
                         log.exception("shutdown hook failed")
                 self.executor.shutdown(wait=False, cancel_futures=True)
+                self.audit.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -486,14 +531,44 @@ class App:
     # -- token exchange ------------------------------------------------------------------------
 
     async def identity(self, token: str) -> Identity:
-        """Validate ``token`` (TokenReview, Pod binding, live Pod) or raise a 401/503 ``HTTPError``."""
+        """Validate ``token`` (TokenReview, Pod binding, live Pod) or raise a 401/503 ``HTTPError``.
+
+        Answers come from the cache when they can; concurrent requests with the same uncached
+        token share one validation instead of each sending a TokenReview.
+        """
         now = self.clock()
-        digest = hashlib.sha256(token.encode("ascii")).digest()
+        digest = hashlib.sha256(token.encode("latin-1")).digest()
         cached = self.cache.get(digest, now)
         if cached is not None:
             self._m_cache.inc("hit")
             return cached
+        pending = self._validating.get(digest)
+        if pending is not None:
+            self._m_cache.inc("shared")
+            identity, error = await asyncio.shield(pending)
+            if error is not None:
+                raise HTTPError(error.status, error.code, error.message, error.headers)
+            if identity is not None:
+                return identity
+            return await self.identity(token)  # the validation was abandoned: try again
         self._m_cache.inc("miss")
+        outcome: asyncio.Future[tuple[Identity | None, HTTPError | None]] = asyncio.get_running_loop().create_future()
+        self._validating[digest] = outcome
+        try:
+            identity = await self._validate(token, now)
+        except HTTPError as exc:
+            outcome.set_result((None, exc))
+            raise
+        else:
+            self.cache.put(digest, identity, min(self.clock() + self.cache_ttl, float(identity.token_expires)))
+            outcome.set_result((identity, None))
+            return identity
+        finally:
+            del self._validating[digest]
+            if not outcome.done():  # cancelled or failed unexpectedly: waiters validate themselves
+                outcome.set_result((None, None))
+
+    async def _validate(self, token: str, now: float) -> Identity:
         claims = unverified_claims(token)
         expires = claims.get("exp")
         if not isinstance(expires, int) or isinstance(expires, bool):
@@ -523,9 +598,7 @@ class App:
             raise HTTPError(401, "pod_not_found", "the token's Pod no longer exists") from None
         if pod.uid != pod_uid:
             raise HTTPError(401, "pod_mismatch", "the token's Pod no longer exists (its name is reused)")
-        identity = Identity(namespace, saname, pod_name, pod_uid, pod.annotations, expires)
-        self.cache.put(digest, identity, min(self.clock() + self.cache_ttl, float(expires)))
-        return identity
+        return Identity(namespace, saname, pod_name, pod_uid, pod.annotations, expires)
 
     async def _token(self, state: _Endpoint, request: Request) -> Response:
         endpoint = state.config.name
@@ -700,6 +773,7 @@ def uvicorn_server(
         log_level=log_level,
         timeout_keep_alive=75,
         proxy_headers=False,
+        http=transport.HTTPProtocol,
         ssl_context_factory=factory if ssl_context is not None else None,
     )
     return uvicorn.Server(uv_config)

@@ -8,9 +8,10 @@ raises ``HTTPError`` for an error answer, which the app renders as JSON
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+import orjson
 
 __all__ = ["HTTPError", "Handler", "Request", "Response", "error_response", "json_response"]
 
@@ -45,7 +46,7 @@ class HTTPError(Exception):
 
 
 def json_response(status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status, json.dumps(document, separators=(",", ":")).encode(), headers=headers)
+    return Response(status, orjson.dumps(document), headers=headers)
 
 
 def error_response(status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -9,6 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwk as jose_jwk
+from joserfc import jws
+from joserfc.errors import BadSignatureError
 from jwcrypto import jwk as jwcrypto_jwk
 
 from kube_sts.runtime import keyset
@@ -150,3 +153,19 @@ def test_too_many_keys(ec_key: keyset.Key) -> None:
     ]
     with pytest.raises(keyset.KeySetError, match="at most 64"):
         keyset.KeySet(tuple(many))
+
+
+def test_jws_signatures_verify_from_the_public_jwk_alone(rsa_key: keyset.Key, ec_key: keyset.Key) -> None:
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    for key, size in ((rsa_key, 256), (ec_key, 64)):
+        signing_input = b64(json.dumps({"alg": key.algorithm}).encode()) + b"." + b64(b'{"sub":"x"}')
+        signature = key.sign(signing_input)
+        assert len(signature) == size  # ES256 is raw R || S, never DER (RFC 7518 section 3.4)
+        compact = (signing_input + b"." + b64(signature)).decode()
+        public = jose_jwk.import_key(key.public_jwk())  # type: ignore[arg-type]
+        assert jws.deserialize_compact(compact, public, algorithms=[key.algorithm]).payload == b'{"sub":"x"}'
+        tampered = compact[:-4] + ("AAAA" if not compact.endswith("AAAA") else "BBBB")
+        with pytest.raises(BadSignatureError):
+            jws.deserialize_compact(tampered, public, algorithms=[key.algorithm])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import pathlib
@@ -91,6 +92,33 @@ def test_review_is_cached_briefly(api_server: apiserver.APIServer, app: server.A
     assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 3
 
 
+def test_concurrent_requests_share_one_validation(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server)
+
+    async def burst() -> list[server.Identity]:
+        return await asyncio.gather(*(app.identity(token) for _ in range(12)))
+
+    identities = asyncio.run(burst())
+    assert all(identity == identities[0] for identity in identities)
+    assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 1
+    assert len(api_server.requests_to("/api/v1/namespaces/myns/pods/app-1")) == 1
+    assert app._m_cache.value("shared") == 11 and app._m_cache.value("miss") == 1
+    assert not app._validating
+
+
+def test_concurrent_requests_share_a_refusal(api_server: apiserver.APIServer, app: server.App) -> None:
+    token = pod_token(api_server)
+    api_server.delete_pod("myns", "app-1")
+
+    async def burst() -> list[BaseException | server.Identity]:
+        return await asyncio.gather(*(app.identity(token) for _ in range(5)), return_exceptions=True)
+
+    outcomes = asyncio.run(burst())
+    assert [(o.status, o.code) for o in outcomes if isinstance(o, server.HTTPError)] == [(401, "invalid_token")] * 5
+    assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 1
+    assert not app._validating and len(app.cache) == 0
+
+
 def test_cache_never_outlives_the_token(api_server: apiserver.APIServer, app: server.App) -> None:
     token = pod_token(api_server, expires=int(time.time()) + 2)
     assert exchange(app, token).status == 200
@@ -117,6 +145,7 @@ def test_cache_is_bounded() -> None:
         ("Bearer not-a-jwt", "malformed_token"),
         ("Bearer a.b$.c", "malformed_token"),
         ("Bearer aaaa.bbbb.cccc", "malformed_token"),
+        ("Bearer h\u00e9.llo.w", "malformed_token"),  # not ASCII: still a 401, not a 500
     ],
 )
 def test_malformed_credentials_are_401(app: server.App, header: str | None, code: str) -> None:
