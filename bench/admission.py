@@ -6,7 +6,10 @@ each) runs pinned to CPU 1. Each review is the seed's example Pod, which gets th
 
 Run from the repository root:
 
-    PYTHONPATH=. /work/venv/bin/python bench/admission.py [--seconds 5]
+    PYTHONPATH=. /work/venv/bin/python bench/admission.py [--seconds 5] [--rounds 3]
+
+Shared machines are noisy: each figure is the median of ``--rounds`` measurements, and the
+per-round rates are printed.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ def load(port: int, ca: str, connections: int, seconds: float) -> tuple[int, int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per connection count; medians are reported")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kube-sts-bench-") as workdir:
         directory = pathlib.Path(workdir)
@@ -104,26 +108,36 @@ def main(argv: list[str] | None = None) -> int:
             # the answer is a real injection
             sample = review_body(seed_pod())
             assert json.loads(sample)["request"]["object"]["metadata"]["labels"]["tremolo.io/aws-role"]
-            results = {}
+            results: dict[int, tuple[list[float], int, list[float]]] = {}
             for connections in (2, 16):
-                ok, failed, latencies = load(port, str(tls.ca), connections, args.seconds)
+                rates, failures, latencies = [], 0, []
+                for _ in range(args.rounds):
+                    ok, failed, round_latencies = load(port, str(tls.ca), connections, args.seconds)
+                    rates.append(ok / args.seconds)
+                    failures += failed
+                    latencies.extend(round_latencies)
                 latencies.sort()
-                results[connections] = (ok / args.seconds, failed, latencies)
+                results[connections] = (rates, failures, latencies)
         finally:
             child.terminate()
             child.join(10)
-    print(f"admission reviews, POST /mutate/aws over TLS keep-alive, server on one core ({args.seconds:.0f} s each)")
+    print(
+        f"admission reviews, POST /mutate/aws over TLS keep-alive, server on one core "
+        f"(median of {args.rounds} rounds of {args.seconds:g} s)"
+    )
     best = 0.0
-    for connections, (rate, failed, latencies) in results.items():
+    for connections, (rates, failed, latencies) in results.items():
+        rate = statistics.median(rates)
         p50 = statistics.median(latencies) * 1000
         p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
         best = max(best, rate)
+        rounds = ", ".join(f"{r:.0f}" for r in rates)
         print(
-            f"  {connections:2d} connections: {rate:8.0f} reviews/s"
-            f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  failed {failed}"
+            f"  {connections:2d} connections: {rate:8.0f} reviews/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms"
+            f"  failed {failed}  (rounds: {rounds})"
         )
     verdict = "meets" if best >= TARGET_RATE else "BELOW"
-    print(f"  best {best:.0f}/s {verdict} the target of {TARGET_RATE:.0f}/s")
+    print(f"  best median {best:.0f}/s {verdict} the target of {TARGET_RATE:.0f}/s")
     return 0
 
 

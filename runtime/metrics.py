@@ -66,9 +66,10 @@ class Counter(_Metric):
         self._values: dict[tuple[str, ...], float] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        key = self._key(labels)
+        if len(labels) != len(self.labelnames):
+            self._key(labels)  # raises
         with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+            self._values[labels] = self._values.get(labels, 0.0) + amount
 
     def value(self, *labels: str) -> float:
         return self._values.get(self._key(labels), 0.0)
@@ -97,7 +98,9 @@ class Histogram(_Metric):
         """Per label set: one count per bucket, then +Inf, then the sum."""
 
     def observe(self, value: float, *labels: str) -> None:
-        key = self._key(labels)
+        if len(labels) != len(self.labelnames):
+            self._key(labels)  # raises
+        key = labels
         index = bisect.bisect_left(self.buckets, value)
         with self._lock:
             series = self._series.get(key)
