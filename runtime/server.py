@@ -402,7 +402,8 @@ class App:
         started = time.perf_counter()
         route_name, response = await self._respond(scope, receive)
         headers = [(b"content-type", response.content_type.encode()), (b"content-length", b"%d" % len(response.body))]
-        headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers)
+        if response.headers:
+            headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
         self._m_requests.inc(route_name, str(response.status))
