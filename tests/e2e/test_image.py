@@ -85,4 +85,5 @@ def test_runtime_imports_nothing_the_image_removes() -> None:
         subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
     )
     assert not loaded & modules
+    assert "jwt" not in loaded  # PyJWT is a test dependency: the image does not install it
     assert "kube_sts" in loaded
