@@ -5,7 +5,7 @@ uvicorn's httptools protocol writes the status line and headers when the applica
 two ``send(2)`` calls per response. ``HTTPProtocol`` hands it a ``CoalescingTransport`` instead,
 which gathers the writes made during one turn of the event loop and passes them on as one, so a
 response (or every response to pipelined requests) costs one TLS record and one system call.
-On this project's benchmark that raises the HTTP + TLS floor by about a third.
+On ``bench/admission.py`` that is about 12 % more reviews per second and a lower p99.
 Everything else (parsing, keep-alive, flow control, limits) stays uvicorn's.
 """
 
