@@ -21,8 +21,6 @@ from kube_sts.runtime import filter as rule_filter
 
 __all__ = ["Authorizer", "Subject", "role_of"]
 
-MAX_DECISIONS = 10_000
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Subject:
@@ -58,14 +56,9 @@ class Authorizer:
     def __init__(self, endpoint: config.Endpoint) -> None:
         self.endpoint = endpoint.name
         self.rules: tuple[rule_filter.Filter, ...] = endpoint.rules()
-        self._decisions: dict[Subject, bool] = {}
 
     def allows(self, subject: Subject) -> bool:
-        """Whether a rule matches ``subject``; decisions are remembered, since rules never change."""
-        decision = self._decisions.get(subject)
-        if decision is None:
-            if len(self._decisions) >= MAX_DECISIONS:
-                self._decisions.clear()
-            attributes = subject.attributes()
-            decision = self._decisions[subject] = any(rule.matches(attributes) for rule in self.rules)
-        return decision
+        if not self.rules:
+            return False
+        attributes = subject.attributes()
+        return any(rule.matches(attributes) for rule in self.rules)

@@ -160,7 +160,6 @@ class KeyProvider:
         self.policy = rotation.Policy.of(endpoint)
         self.managed = endpoint.issuer.keys.mode == "managed"
         self._snapshot = Snapshot(None, frozenset(), "the key set has not been loaded yet")
-        self._chosen: tuple[Snapshot, int, keyset.Key] | None = None
         self._digest: str | None = None
         self._last_fetch: float | None = None
         self._resource_version = ""
@@ -182,20 +181,11 @@ class KeyProvider:
         return frozenset(key.kid for key in current.keys.keys) - current.served
 
     def signing_key(self) -> keyset.Key:
-        """The key to sign with now; raises ``KeySetError`` with the reason when none can.
-
-        The choice depends only on the snapshot and the second, so it is made once per second.
-        """
+        """The key to sign with now; raises ``KeySetError`` with the reason when none can."""
         snapshot = self._snapshot
-        now = self.now()
-        chosen = self._chosen
-        if chosen is not None and chosen[0] is snapshot and chosen[1] == now:
-            return chosen[2]
         if snapshot.keys is None:
             raise keyset.KeySetError(snapshot.problem or "no key set")
-        key = snapshot.keys.signing_key(now, self.held(snapshot))
-        self._chosen = (snapshot, now, key)
-        return key
+        return snapshot.keys.signing_key(self.now(), self.held(snapshot))
 
     def published(self) -> tuple[keyset.Key, ...]:
         snapshot = self._snapshot

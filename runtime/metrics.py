@@ -44,10 +44,10 @@ class _Metric:
         self.labelnames = tuple(labelnames)
         self._lock = threading.Lock()
 
-    def _key(self, labels: Sequence[str]) -> tuple[str, ...]:
+    def _key(self, labels: tuple[str, ...]) -> tuple[str, ...]:
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(labels)
+        return labels
 
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} {self.kind}"]
@@ -66,10 +66,9 @@ class Counter(_Metric):
         self._values: dict[tuple[str, ...], float] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        if len(labels) != len(self.labelnames):
-            self._key(labels)  # raises
+        key = self._key(labels)
         with self._lock:
-            self._values[labels] = self._values.get(labels, 0.0) + amount
+            self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, *labels: str) -> float:
         return self._values.get(self._key(labels), 0.0)
@@ -98,9 +97,7 @@ class Histogram(_Metric):
         """Per label set: one count per bucket, then +Inf, then the sum."""
 
     def observe(self, value: float, *labels: str) -> None:
-        if len(labels) != len(self.labelnames):
-            self._key(labels)  # raises
-        key = labels
+        key = self._key(labels)
         index = bisect.bisect_left(self.buckets, value)
         with self._lock:
             series = self._series.get(key)

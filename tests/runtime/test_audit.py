@@ -59,7 +59,3 @@ def test_streams_without_a_descriptor_get_write() -> None:
     trail.record({"decision": "deny", "reason": "denied", "exp": None})
     trail.flush()
     assert stream.getvalue() == '{"decision":"deny","reason":"denied","exp":null}\n'
-
-
-def test_no_stream_records_nothing() -> None:
-    server.AuditTrail(None).record({"n": 1})

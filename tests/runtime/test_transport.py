@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import kubeapi, server, transport
+from kube_sts.runtime import kubeapi, transport
 from tests.runtime import harness
 
 
@@ -187,4 +187,3 @@ def test_pipelined_requests_are_answered_in_order(running: Any) -> None:
 def test_the_server_uses_the_coalescing_protocol(running: Any) -> None:
     served, _ = running
     assert served.server.config.http is transport.HTTPProtocol
-    assert isinstance(served.app, server.App)
