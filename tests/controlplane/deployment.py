@@ -1,0 +1,212 @@
+"""A compiled example applied to the real control plane, and the runtime as a process beside it.
+
+The runtime runs as the rendered ServiceAccount: its kubeconfig holds a TokenRequest token for
+``kube-sts/kube-sts``, so the rendered ClusterRoles and Roles are all it gets. Its config is the
+rendered ConfigMap as the API server stores it. With ``at_cluster_ip`` it listens on the
+Service's ClusterIP and port (inside the loopback Service CIDR), where the API server calls the
+compiled MutatingWebhookConfiguration.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.client
+import json
+import os
+import pathlib
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.controlplane import cluster
+from tests.runtime import harness
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def compile_example(example: pathlib.Path, out: pathlib.Path) -> str:
+    """``sts-compile`` of an example's values file: the manifest stream, and one file per object in ``out``."""
+    command = [sys.executable, "-m", "kube_sts.compiler.cli"]
+    subprocess.run([*command, "--output-dir", str(out), str(example / "values.yaml")], check=True, cwd=ROOT, timeout=60)
+    stream = subprocess.run(
+        [*command, str(example / "values.yaml")], check=True, cwd=ROOT, timeout=60, capture_output=True, text=True
+    )
+    return stream.stdout
+
+
+@dataclasses.dataclass
+class Deployment:
+    plane: cluster.ControlPlane
+    manifests: str
+    documents: list[dict[str, Any]]
+
+    @classmethod
+    def apply(cls, plane: cluster.ControlPlane, example: pathlib.Path, directory: pathlib.Path) -> Deployment:
+        stream = compile_example(example, directory / "manifests")
+        plane.kubectl("apply", "-f", "-", input=stream)
+        return cls(plane, stream, [d for d in yaml.safe_load_all(stream) if d])
+
+    def one(self, kind: str) -> dict[str, Any]:
+        [document] = [d for d in self.documents if d["kind"] == kind]
+        return document
+
+    @property
+    def namespace(self) -> str:
+        name: str = self.one("Namespace")["metadata"]["name"]
+        return name
+
+    def runtime_config(self) -> dict[str, Any]:
+        stored = self.plane.get("configmap", self.one("ConfigMap")["metadata"]["name"], self.namespace)
+        assert stored is not None
+        config: dict[str, Any] = json.loads(stored["data"]["config.json"])
+        return config
+
+    def service_address(self) -> tuple[str, int]:
+        stored = self.plane.get("service", self.one("Service")["metadata"]["name"], self.namespace)
+        assert stored is not None
+        return stored["spec"]["clusterIP"], stored["spec"]["ports"][0]["port"]
+
+    def runtime(self, directory: pathlib.Path, *, at_cluster_ip: bool = False) -> Runtime:
+        account = self.one("ServiceAccount")["metadata"]["name"]
+        token = self.plane.token(self.namespace, account, cluster.API_AUDIENCE, seconds=24 * 3600)
+        kubeconfig = self.plane.kubeconfig_for(f"runtime-{directory.name}", token)
+        host, port = self.service_address() if at_cluster_ip else ("127.0.0.1", harness.free_port())
+        return Runtime(self, directory, kubeconfig, host, port)
+
+
+class Runtime:
+    """``kube-sts-server`` with the stored config, authenticated as the rendered ServiceAccount."""
+
+    def __init__(
+        self, deployment: Deployment, directory: pathlib.Path, kubeconfig: pathlib.Path, host: str, port: int
+    ) -> None:
+        self.deployment = deployment
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.host, self.port = host, port
+        config = deployment.runtime_config()
+        self.config = config
+        self.config_file = directory / "config.json"
+        self.config_file.write_text(json.dumps(config))
+        self.service_name = f"{deployment.one('Service')['metadata']['name']}.{deployment.namespace}.svc"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AWS_"))}
+        self.env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base = f"https://{host}:{port}"
+
+    def start(self, *, wait: bool = True) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "kube_sts.runtime.server",
+            "--config",
+            str(self.config_file),
+            "--keys-dir",
+            str(self.directory / "no-mounted-keys"),
+            "--tls-dir",
+            str(self.directory / "no-mounted-tls"),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "info",
+        ]
+        self.log = self.directory / "runtime.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None and self.process.poll() is None, self.log.read_text()
+            try:
+                status, _ = self.get("/readyz")
+                if status == 200:
+                    return
+            except (OSError, AssertionError, http.client.HTTPException):
+                pass
+            assert time.monotonic() < deadline, f"the runtime did not become ready:\n{self.log.read_text()[-4000:]}"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    # -- what the API server holds --------------------------------------------------------------
+
+    def secret(self, name: str) -> dict[str, bytes] | None:
+        stored = self.deployment.plane.get("secret", name, self.deployment.namespace)
+        if stored is None:
+            return None
+        return {key: base64.b64decode(value) for key, value in stored.get("data", {}).items()}
+
+    def ca_bundles(self) -> list[bytes]:
+        """The caBundle of every webhook of the compiled configurations, read back from the API server."""
+        bundles = []
+        for document in self.deployment.documents:
+            if document["kind"] == "MutatingWebhookConfiguration":
+                stored = self.deployment.plane.get("mutatingwebhookconfiguration", document["metadata"]["name"])
+                assert stored is not None
+                bundles += [base64.b64decode(hook["clientConfig"].get("caBundle", "")) for hook in stored["webhooks"]]
+        return bundles
+
+    def client_context(self) -> ssl.SSLContext:
+        """A TLS client that trusts only the caBundle the API server holds for our webhooks."""
+        bundles = set(self.ca_bundles())
+        assert len(bundles) == 1 and b"" not in bundles, bundles
+        return ssl.create_default_context(cadata=bundles.pop().decode())
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """One HTTPS request, the certificate checked for the Service's name as the API server does."""
+        connection = _ServiceConnection(self.host, self.port, self.service_name, self.client_context())
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            answer = connection.getresponse()
+            data = answer.read()
+            if "json" in (answer.getheader("Content-Type") or ""):
+                return answer.status, json.loads(data)
+            return answer.status, data.decode()
+        finally:
+            connection.close()
+
+    def admission_reviews(self) -> float:
+        """How many requests the runtime has answered on its webhook routes (from /metrics)."""
+        status, text = self.get("/metrics")
+        assert status == 200
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "kube_sts_http_requests_total" and "mutate" in sample.labels.get("route", ""):
+                    total += sample.value
+        return total
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        return self.request("POST", path, body, headers)
+
+
+class _ServiceConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, server_name: str, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=15, context=context)
+        self._server_name, self._tls = server_name, context
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
