@@ -17,6 +17,20 @@ It serves on 127.0.0.1 (plain HTTP, one thread per connection) from an in-memory
 - ``outage``: ``None``, ``"refused"`` (the port stops listening), ``"error"`` (500 Status) or
   ``"reset"`` (connections dropped without an answer); ``delay`` slows every answer.
 - ``requests``: every request received, for assertions.
+
+What a real API server proves instead: ``tests/controlplane/`` runs kube-apiserver and etcd on
+loopback and proves TokenReview, the Pod metadata read, Secrets with ``resourceVersion``
+conflicts, the ``caBundle`` patch, the AdmissionReviews the webhook receives, RBAC, Pod Security
+admission and ``kubectl apply`` there. This double stays for what a real server cannot play or
+plays too slowly to cover case by case:
+
+- faults: ``outage`` and ``delay`` (tests/runtime/test_token_service.py, test_kubeapi.py,
+  tests/tls/test_tlsmanager.py, tests/keys/test_managed_keys.py, the outage part of
+  tests/e2e/test_end_to_end.py);
+- the window in which a real server still accepts a deleted Pod's token (``verify_bindings``);
+- the in-process component tests (test_token_service.py, test_relying_parties.py,
+  test_azure_google.py, tests/tls/test_server_tls.py, test_entrypoint.py), which run hundreds
+  of token and key cases in seconds and assert the exact requests the runtime sends.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -74,25 +75,40 @@ class Deployment:
         assert stored is not None
         return stored["spec"]["clusterIP"], stored["spec"]["ports"][0]["port"]
 
-    def runtime(self, directory: pathlib.Path, *, at_cluster_ip: bool = False) -> Runtime:
+    def runtime(
+        self,
+        directory: pathlib.Path,
+        *,
+        at_cluster_ip: bool = False,
+        edit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Runtime:
+        """A runtime process for this deployment; ``edit`` may change its config before it starts."""
         account = self.one("ServiceAccount")["metadata"]["name"]
         token = self.plane.token(self.namespace, account, cluster.API_AUDIENCE, seconds=24 * 3600)
         kubeconfig = self.plane.kubeconfig_for(f"runtime-{directory.name}", token)
         host, port = self.service_address() if at_cluster_ip else ("127.0.0.1", harness.free_port())
-        return Runtime(self, directory, kubeconfig, host, port)
+        return Runtime(self, directory, kubeconfig, host, port, edit)
 
 
 class Runtime:
     """``kube-sts-server`` with the stored config, authenticated as the rendered ServiceAccount."""
 
     def __init__(
-        self, deployment: Deployment, directory: pathlib.Path, kubeconfig: pathlib.Path, host: str, port: int
+        self,
+        deployment: Deployment,
+        directory: pathlib.Path,
+        kubeconfig: pathlib.Path,
+        host: str,
+        port: int,
+        edit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.deployment = deployment
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.host, self.port = host, port
         config = deployment.runtime_config()
+        if edit is not None:
+            edit(config)
         self.config = config
         self.config_file = directory / "config.json"
         self.config_file.write_text(json.dumps(config))
@@ -173,7 +189,7 @@ class Runtime:
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
         """One HTTPS request, the certificate checked for the Service's name as the API server does."""
-        connection = _ServiceConnection(self.host, self.port, self.service_name, self.client_context())
+        connection = ServiceConnection(self.host, self.port, self.service_name, self.client_context())
         try:
             connection.request(method, path, body=body, headers=headers or {})
             answer = connection.getresponse()
@@ -202,7 +218,7 @@ class Runtime:
         return self.request("POST", path, body, headers)
 
 
-class _ServiceConnection(http.client.HTTPSConnection):
+class ServiceConnection(http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, server_name: str, context: ssl.SSLContext) -> None:
         super().__init__(host, port, timeout=15, context=context)
         self._server_name, self._tls = server_name, context
