@@ -341,6 +341,9 @@ def _offline_documents(args: argparse.Namespace) -> Any:
     current = _read(args.keyset)
     now = _now(args)
     published = current.published(now, args.token_lifetime + keyset.CLOCK_SKEW)
+    predecessor = _handing_over(current, now)
+    if predecessor is not None and predecessor not in published:
+        published = (predecessor, *published)
     if not published:
         raise InputError(f"{args.keyset}: no key is published at {now}; add one with `sts-compile keys add`")
     newest = max(published, key=lambda key: (key.sign_from, key.kid))
@@ -357,6 +360,18 @@ def _offline_documents(args: argparse.Namespace) -> Any:
     except ValueError:
         raise InputError(f"--host {args.host!r} is not a host name (no scheme, port or path)") from None
     return issuer.issuer_docs(endpoint, [key.public_jwk() for key in published])
+
+
+def _handing_over(current: keyset.KeySet, now: int) -> keyset.Key | None:
+    """The key that hands over to the one scheduled to sign now (its window reaches that key's
+    start). A runtime that waits for publication keeps signing with it until the issuer serves the
+    new key, however late that upload is, so the documents keep it until `keys prune` drops it."""
+    try:
+        scheduled = current.signing_key(now)
+    except keyset.KeySetError:
+        return None
+    before = [key for key in current.keys if key.sign_from < scheduled.sign_from <= key.sign_until]
+    return max(before, key=lambda key: (key.sign_from, key.kid), default=None)
 
 
 def _issuer_docs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -490,3 +490,25 @@ def test_any_sequence_ends_in_a_message_never_a_traceback(
             assert new.sign_from == now + lead
             for moment in (now + lead, now + 2 * lead, now + lead + 86400):
                 assert loaded.signing_key(moment).kid == new.kid
+
+
+def test_a_late_upload_still_lists_the_key_the_runtime_keeps_signing_with(
+    created: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A runtime waiting for publication keeps the old key signing until the new one is served;
+    the documents of an upload made long after the handover must still list the old key."""
+    assert run("keys", "add", str(created), "--lead", "1d", "--now", str(NOW))[0] == 0
+    old, new = kids(created)
+    late = str(NOW + 40 * 86400)
+    out = tmp_path / "docs"
+    code, _, err = run(
+        "issuer-docs", "--keyset", str(created), "--host", "d1.cloudfront.net", "-o", str(out), "--now", late
+    )
+    assert code == 0, err
+    assert [jwk["kid"] for jwk in json.loads((out / "certs").read_text())["keys"]] == [old, new]
+    assert run("keys", "prune", str(created), "--now", late)[0] == 0  # after the upload, as the README says
+    code, _, err = run(
+        "issuer-docs", "--keyset", str(created), "--host", "d1.cloudfront.net", "-o", str(out), "--now", late
+    )
+    assert code == 0, err
+    assert [jwk["kid"] for jwk in json.loads((out / "certs").read_text())["keys"]] == [new]
