@@ -101,6 +101,8 @@ def _write(path: str, keys: keyset.KeySet, *, overwrite: bool) -> None:
 
 
 def _now(args: argparse.Namespace) -> int:
+    if args.now is not None and args.now < 0:
+        raise UsageError(f"sts-compile: --now {args.now}: expected epoch seconds (a non-negative integer)")
     return int(args.now) if args.now is not None else int(time.time())
 
 
@@ -119,27 +121,65 @@ def _create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _handover(current: keyset.KeySet, now: int, lead: int) -> tuple[int, list[keyset.Key], list[keyset.Key]]:
+    """When a key added at ``now`` with ``lead`` signs, and the other keys around it.
+
+    The new key signs from ``start = now + lead``. Keys that sign before it (now or later) hand
+    over then and stay in their window for one more lead, never past their own ``signUntil``:
+    a fallback while the issuer does not serve the new key yet. If they would all stop before
+    ``start``, the last of them signs until ``start``, so signing has no gap. Keys scheduled to
+    sign from ``start`` on or later are superseded and dropped (they never signed, so no token
+    carries them). With ``lead`` 0, a key whose window opened this very second is moved one second
+    back, so that the new key signs now, as asked.
+
+    Returns (start, kept keys, dropped keys).
+    """
+    start = now + lead
+    handover = start + lead
+    kept: list[keyset.Key] = []
+    before: list[keyset.Key] = []
+    dropped: list[keyset.Key] = []
+    for old in current.keys:
+        if old.sign_until <= now:
+            kept.append(old)  # already retired
+        elif old.sign_from < start or old.sign_from <= now:
+            until = min(old.sign_until, handover)
+            before.append(old.replace(sign_from=min(old.sign_from, until - 1), sign_until=until))
+        else:
+            dropped.append(old)
+    if before:
+        last = max(before, key=lambda key: (key.sign_until, key.sign_from, key.kid))
+        if last.sign_until < start:
+            before[before.index(last)] = last.replace(sign_until=start)
+    return start, kept + before, dropped
+
+
 def _add(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     current = _read(args.file)
     now = _now(args)
-    start = now + args.lead
+    if now + args.lead == 0:
+        raise InputError("--now 0 with --lead 0: the new key cannot sign before the epoch's first second")
+    start, keys, dropped = _handover(current, now, args.lead)
     algorithm = args.algorithm or (current.keys[-1].algorithm if current.keys else "RS256")
     key = _generate(algorithm, now, start, start + args.sign_for, args.rsa_bits)
-    keys: list[keyset.Key] = []
-    for old in current.keys:
-        if old.sign_until <= now:
-            keys.append(old)  # already retired
-        else:
-            # Older keys hand over at `start`; they stay in their window for one more lead so
-            # they keep signing while the new key waits for the issuer to serve it.
-            keys.append(old.replace(sign_until=max(min(old.sign_until, start + args.lead), start)))
-    keys.append(key)
-    _write(args.file, current.with_keys(keys), overwrite=True)
+    updated = _changed(args.file, current, [*keys, key])
+    _write(args.file, updated, overwrite=True)
+    for old in dropped:
+        err.write(f"{args.file}: dropped {old.kid}: it was to sign from {old.sign_from}, {key.kid} supersedes it\n")
+    when = "signs now" if start <= now else f"signs from {start}"
     err.write(
-        f"{args.file}: added {key.kid} ({key.algorithm}), published from now, signs from {start}; "
+        f"{args.file}: added {key.kid} ({key.algorithm}), published from now, {when}; "
         "upload the issuer documents before then (sts-compile issuer-docs)\n"
     )
     return 0
+
+
+def _changed(path: str, current: keyset.KeySet, keys: Sequence[keyset.Key]) -> keyset.KeySet:
+    """``current`` holding ``keys``, or an ``InputError`` saying why the set cannot hold them."""
+    try:
+        return current.with_keys(keys)
+    except keyset.KeySetError as exc:
+        raise InputError(f"{path}: cannot change the key set: {exc}") from None
 
 
 def _retire(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -151,11 +191,17 @@ def _retire(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.remove:
         keys = [key for key in current.keys if key.kid != args.kid]
         message = f"removed {args.kid}: tokens it signed stop verifying once relying parties refetch the JWKS"
+    elif target.sign_from > now:  # it never signed: nothing to keep published
+        keys = [key for key in current.keys if key.kid != args.kid]
+        message = f"removed {args.kid}: it was to sign from {target.sign_from} and never signed a token"
+    elif target.sign_until <= now:
+        err.write(f"{args.file}: {args.kid} already stopped signing at {target.sign_until}; nothing to change\n")
+        return 0
     else:
-        until = max(min(target.sign_until, now), target.sign_from + 1)
+        until = max(now, target.sign_from + 1)
         keys = [key.replace(sign_until=until) if key.kid == args.kid else key for key in current.keys]
         message = f"retired {args.kid}: stops signing at {until}; stays published until its tokens expire"
-    updated = current.with_keys(keys)
+    updated = _changed(args.file, current, keys)
     try:
         updated.signing_key(now)
     except keyset.KeySetError as exc:
@@ -295,6 +341,9 @@ def _offline_documents(args: argparse.Namespace) -> Any:
     current = _read(args.keyset)
     now = _now(args)
     published = current.published(now, args.token_lifetime + keyset.CLOCK_SKEW)
+    predecessor = _handing_over(current, now)
+    if predecessor is not None and predecessor not in published:
+        published = (predecessor, *published)
     if not published:
         raise InputError(f"{args.keyset}: no key is published at {now}; add one with `sts-compile keys add`")
     newest = max(published, key=lambda key: (key.sign_from, key.kid))
@@ -311,6 +360,18 @@ def _offline_documents(args: argparse.Namespace) -> Any:
     except ValueError:
         raise InputError(f"--host {args.host!r} is not a host name (no scheme, port or path)") from None
     return issuer.issuer_docs(endpoint, [key.public_jwk() for key in published])
+
+
+def _handing_over(current: keyset.KeySet, now: int) -> keyset.Key | None:
+    """The key that hands over to the one scheduled to sign now (its window reaches that key's
+    start). A runtime that waits for publication keeps signing with it until the issuer serves the
+    new key, however late that upload is, so the documents keep it until `keys prune` drops it."""
+    try:
+        scheduled = current.signing_key(now)
+    except keyset.KeySetError:
+        return None
+    before = [key for key in current.keys if key.sign_from < scheduled.sign_from <= key.sign_until]
+    return max(before, key=lambda key: (key.sign_from, key.kid), default=None)
 
 
 def _issuer_docs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -432,6 +493,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         stderr.write(f"{exc}\n")
         return 2
     except InputError as exc:
+        stderr.write(f"error: {exc}\n")
+        return 1
+    except keyset.KeySetError as exc:  # a set the command cannot change, whichever check found it
         stderr.write(f"error: {exc}\n")
         return 1
     except OSError as exc:

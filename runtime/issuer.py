@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from kube_sts.runtime import config, minter
+from kube_sts.runtime import config
 
-__all__ = ["JWKS_MAX_AGE", "discovery", "issuer_docs", "jwks"]
+__all__ = ["AWS_TAGS", "JWKS_MAX_AGE", "discovery", "issuer_docs", "jwks"]
+
+AWS_TAGS = "https://aws.amazon.com/tags"
+"""The claim that carries AWS session tags (advertised here, set by the minter)."""
 
 JWKS_MAX_AGE = 300
 """``Cache-Control: max-age`` of JWKS answers (AWS requires a positive value)."""
@@ -26,7 +29,7 @@ def discovery(endpoint: config.Endpoint, algorithms: Iterable[str] = ()) -> dict
     """The discovery document; ``algorithms`` adds the algorithms of published keys."""
     url = endpoint.issuer.url
     signing = sorted({endpoint.token.algorithm, *algorithms})
-    claims = list(_CLAIMS) + ([minter.AWS_TAGS] if endpoint.token.aws_session_tags else [])
+    claims = list(_CLAIMS) + ([AWS_TAGS] if endpoint.token.aws_session_tags else [])
     return {
         "issuer": url,
         "jwks_uri": f"{url}/certs",

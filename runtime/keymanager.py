@@ -10,7 +10,8 @@ A ``KeyProvider`` per endpoint answers the token service (``signing_key()``, ``p
   optimistic-concurrency race is dropped in favour of the winner's key set;
 - with ``wait_for_publication`` the issuer's public JWKS (``https://<host>/certs``) is fetched
   until it serves every key, and keys it does not serve yet are held back from signing while an
-  older key can still sign.
+  older key can still sign; a key set the runtime cannot write (``provided``) keeps the key that
+  hands over to an unserved successor signing past its window, in memory (``_keep_signing``).
 
 A ``KeyManager`` owns the providers of all endpoints and refreshes them on a background thread.
 Log lines name keys by ``kid`` only; private key material is never logged.
@@ -136,6 +137,29 @@ class Snapshot:
     served: frozenset[str]
     problem: str | None
     """Why the key set could not be (re)loaded; the last good key set stays in use."""
+    loaded: keyset.KeySet | None = None
+    """The key set as loaded, when ``keys`` differs from it (a provided set's key kept signing)."""
+    kept: tuple[str, int] | None = None
+    """(kid, signUntil in the key set) of a key that signs past its window: its successor is unserved."""
+
+
+def _keeper(keys: keyset.KeySet, now: int, held: frozenset[str], horizon: int) -> keyset.Key | None:
+    """The key to keep signing past its window while the key it hands over to is not served.
+
+    It is the newest served key that has signed and whose window reaches the start of a held key
+    due by ``horizon`` (the handover ``keys add`` and rotation write); a key retired on its own,
+    without handing over, is never brought back. ``None`` when nothing needs keeping.
+    """
+    due = [key for key in keys.keys if key.kid in held and key.sign_from <= horizon and key.sign_until > now]
+    served = [key for key in keys.keys if key.kid not in held and key.sign_from <= now]
+    if not due or not served:
+        return None
+    last = max(served, key=lambda key: (key.sign_from, key.kid))
+    if last.sign_until >= horizon:
+        return None  # still in its window: the held key simply waits
+    if any(last.sign_from < key.sign_from <= last.sign_until for key in due):
+        return last
+    return None
 
 
 class KeyProvider:
@@ -166,6 +190,8 @@ class KeyProvider:
         self._fetch_error: str | None = None
         self._read_error: str | None = None
         self._warned: str | None = None
+        self._extended: dict[str, int] = {}
+        """Provided key sets: kid -> the signUntil a key is kept signing to (see ``_keep_signing``)."""
         self._lock = threading.Lock()
 
     # -- what the token service asks -------------------------------------------------------
@@ -205,11 +231,18 @@ class KeyProvider:
             also = f"; last reload failed: {problem}" if problem and problem != str(exc) else ""
             return False, f"endpoint {self.endpoint.name}: {exc}{also}"
         note = f"; last reload failed: {problem}" if problem else ""
+        kept = self._snapshot.kept
+        if kept is not None and kept[0] == key.kid:
+            waiting = ", ".join(sorted(self.held()))
+            note = (
+                f" past its signUntil {kept[1]}: {waiting} not served by {self.endpoint.issuer.url}/certs yet, "
+                f"upload the issuer documents (sts-compile issuer-docs){note}"
+            )
         return True, f"endpoint {self.endpoint.name}: signing with {key.kid}{note}{self._expiry_note()}"
 
     def _expiry_note(self) -> str:
         """A warning when a provided key set is about to run out of keys that can sign."""
-        keys = self._snapshot.keys
+        keys = self._snapshot.loaded or self._snapshot.keys  # the file's schedule, not a key kept signing
         if self.managed or keys is None or not keys.keys:
             return ""
         now = self.now()
@@ -228,6 +261,8 @@ class KeyProvider:
             snapshot = self._check_publication(snapshot)
             if snapshot.keys is not None and writable:
                 snapshot = self._rotate(snapshot)
+            elif snapshot.keys is not None:
+                snapshot = self._keep_signing(snapshot)
             self._snapshot = snapshot
             self._report(snapshot)
 
@@ -347,6 +382,32 @@ class KeyProvider:
             log.info("endpoint %s: %s", self.endpoint.name, change)
         self._digest = hashlib.sha256(data).hexdigest()
         return Snapshot(step.keyset, snapshot.served, None)
+
+    def _keep_signing(self, snapshot: Snapshot) -> Snapshot:
+        """A key set the runtime cannot write (``provided``): while the successor is not served,
+        the key it takes over from keeps signing past its ``signUntil``, extended in memory in
+        steps of ``hold_step``, and stays in the JWKS until its tokens expire (as managed mode
+        writes into the Secret). The schedule in the file decides which key that is, so every
+        replica and a restarted one agree."""
+        loaded = snapshot.loaded or snapshot.keys
+        assert loaded is not None
+        now = self.now()
+        retention = self.policy.retention
+        self._extended = {
+            kid: until
+            for kid, until in self._extended.items()
+            if loaded.get(kid) is not None and now < until + retention
+        }
+        keeper = _keeper(loaded, now, self.held(snapshot), now + self.policy.hold_step)
+        if keeper is not None:
+            self._extended[keeper.kid] = max(self._extended.get(keeper.kid, 0), now + self.policy.hold_step)
+        if not self._extended:
+            return dataclasses.replace(snapshot, keys=loaded, loaded=None, kept=None)
+        keys = loaded.with_keys(
+            key.replace(sign_until=max(key.sign_until, self._extended.get(key.kid, 0))) for key in loaded.keys
+        )
+        kept = (keeper.kid, keeper.sign_until) if keeper is not None and keeper.sign_until <= now else None
+        return dataclasses.replace(snapshot, keys=keys, loaded=loaded, kept=kept)
 
     def _check_publication(self, snapshot: Snapshot) -> Snapshot:
         if snapshot.keys is None or self.fetcher is None or not self.endpoint.issuer.keys.wait_for_publication:

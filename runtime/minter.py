@@ -24,11 +24,11 @@ from typing import Any
 
 import orjson
 
-from kube_sts.runtime import authorizer, config, keyset
+from kube_sts.runtime import authorizer, config, issuer, keyset
 
 __all__ = ["AWS_TAGS", "Minted", "Minter"]
 
-AWS_TAGS = "https://aws.amazon.com/tags"
+AWS_TAGS = issuer.AWS_TAGS
 
 
 def _b64(data: bytes) -> bytes:

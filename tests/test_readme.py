@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
+import shlex
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -32,6 +37,102 @@ def test_walkthrough_values_compile(tmp_path: pathlib.Path) -> None:
     path.write_text(values)
     result = subprocess.run(
         [sys.executable, "-m", "kube_sts.compiler.cli", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kind: MutatingWebhookConfiguration" in result.stdout
+
+
+# -- the README's commands from the install it gives (`pip install .`, no extras) ------------------
+
+_SKIP_COPY = shutil.ignore_patterns(".venv*", ".git", "__pycache__", "*.egg-info", "build", ".*_cache", ".hypothesis")
+
+
+@pytest.fixture(scope="module")
+def base_install(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A virtual environment holding kube-sts and its base dependencies only, installed the way
+    the README's set-up command does it (from a copy of the tree, so no build output lands in it;
+    pip's cache and configured wheel sources make this take seconds, not minutes)."""
+    root = tmp_path_factory.mktemp("base-install")
+    source = root / "src"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=_SKIP_COPY)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(source)],
+        check=True,
+        cwd=root,
+    )
+    return venv
+
+
+def readme_commands(program: str, *prefixes: str) -> list[str]:
+    """Every ``program <prefix> ...`` command line in the README's shell blocks, in order (also the
+    commented alternatives), without what is piped after it."""
+    commands: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = line.strip().lstrip("#").strip().split(" | ")[0].split("  #")[0].strip()
+            synopsis = command.endswith("...")  # the Commands section's summary lines
+            if not synopsis and any(command.startswith(f"{program} {prefix}") for prefix in prefixes):
+                commands.append(command)
+    return commands
+
+
+@pytest.mark.slow
+def test_readme_key_commands_run_from_the_base_install(base_install: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Every `sts-compile keys ...` and `issuer-docs --keyset` the README names runs, in the order the
+    README gives them, with only the base dependencies installed (no `[server]` extra)."""
+    python = base_install / "bin" / "python"
+    missing = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print([m for m in ('orjson', 'uvicorn') if u.find_spec(m)])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert missing.stdout.strip() == "[]"  # the server extra really is absent
+
+    commands = readme_commands("sts-compile", "keys ", "issuer-docs --keyset")
+    actions = [shlex.split(command)[1:3] for command in commands]
+    assert ["keys", "create"] in actions and ["issuer-docs", "--keyset"] in actions
+    for action in ("add", "retire", "prune", "show", "secret"):
+        assert ["keys", action] in actions, action
+
+    sts_compile = str(base_install / "bin" / "sts-compile")
+    signing: str | None = None
+    for command in commands:
+        words = shlex.split(command.replace("$ISSUER_HOST", "d1dexjaad4ian0.cloudfront.net"))
+        words = [str(tmp_path / "docs") if word == "$S3DIR" else word for word in words]
+        if "<kid>" in words:
+            assert signing is not None, "retire comes after a key signed"
+            words[words.index("<kid>")] = signing
+        if words[1:3] == ["keys", "add"] and "0" in words:  # the leak: the key signing now is retired
+            signing = _signing_kid(sts_compile, tmp_path)
+        result = subprocess.run([sts_compile, *words[1:]], cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        assert "Traceback" not in result.stderr
+    assert sorted(path.name for path in (tmp_path / "docs").rglob("*") if path.is_file()) == [
+        "certs",
+        "openid-configuration",
+    ]
+
+
+def _signing_kid(sts_compile: str, directory: pathlib.Path) -> str:
+    shown = subprocess.run(
+        [sts_compile, "keys", "show", "aws-keys.json"], cwd=directory, capture_output=True, check=True
+    )
+    [kid] = [key["kid"] for key in json.loads(shown.stdout)["keys"] if key["state"] == "signing"]
+    return str(kid)
+
+
+@pytest.mark.slow
+def test_readme_setup_compiles_from_the_base_install(base_install: pathlib.Path) -> None:
+    """The set-up command's last step (`sts-compile examples/aws/values.yaml`) in that install."""
+    result = subprocess.run(
+        [str(base_install / "bin" / "sts-compile"), "examples/aws/values.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "kind: MutatingWebhookConfiguration" in result.stdout

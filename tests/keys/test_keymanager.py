@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pathlib
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import config, keymanager, keyset
+from kube_sts.compiler import keys as keys_cli
+from kube_sts.runtime import config, keymanager, keyset, rotation
 
 
 class Clock:
@@ -211,3 +213,106 @@ def test_provided_key_set_about_to_run_out_warns(tmp_path: pathlib.Path, caplog:
     assert ready
     assert reason.endswith("no key signs after 10000 (in 2h): add one with `sts-compile keys add`")
     assert "add one with `sts-compile keys add`" in caplog.text
+
+
+# -- provided key sets: a forgotten upload delays the rotation, it never breaks workloads ------------
+
+T0 = 1_800_000_000
+DAY = 86400
+RETENTION = 3600 + keyset.CLOCK_SKEW  # the default token lifetime plus skew
+
+
+def cli(*argv: str) -> None:
+    err = io.StringIO()
+    assert keys_cli.main(list(argv), io.StringIO(), err) == 0, err.getvalue()
+
+
+@pytest.fixture
+def rotated(tmp_path: pathlib.Path) -> tuple[pathlib.Path, keyset.Key, keyset.Key]:
+    """The README's provided-mode rotation: `keys create`, then a day later `keys add --lead 1d`."""
+    path = tmp_path / "keyset.json"
+    cli("keys", "create", "--endpoint", "aws", "--algorithm", "ES256", "-o", str(path), "--now", str(T0))
+    cli("keys", "add", str(path), "--lead", "1d", "--now", str(T0 + DAY))
+    old, new = keyset.loads(path.read_bytes()).keys
+    assert (new.sign_from, old.sign_until) == (T0 + 2 * DAY, T0 + 3 * DAY)
+    return path, old, new
+
+
+def test_a_forgotten_upload_keeps_the_published_key_signing(
+    rotated: tuple[pathlib.Path, keyset.Key, keyset.Key], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, old, new = rotated
+    issuer = Issuer()
+    issuer.kids = [old.kid]  # the upload after `keys add` never happened
+    clock = Clock(T0 + 3 * DAY + 1)  # past the old key's signUntil
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=issuer, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="kube_sts.keys"):
+        provider.refresh()
+    assert provider.signing_key().kid == old.kid
+    ready, reason = provider.status()
+    assert ready
+    assert reason == (
+        f"endpoint aws: signing with {old.kid} past its signUntil {T0 + 3 * DAY}: {new.kid} not served by "
+        "https://d1.cloudfront.net/certs yet, upload the issuer documents (sts-compile issuer-docs)"
+    )
+    assert reason in caplog.text
+
+    for _ in range(30):  # a month later, refreshed all along
+        clock.now += DAY
+        provider.refresh()
+        assert provider.signing_key().kid == old.kid
+        assert old.kid in [jwk["kid"] for jwk in provider.jwks()["keys"]]
+
+    issuer.kids = [old.kid, new.kid]  # the upload, at last
+    clock.now += keymanager.PUBLICATION_INTERVAL
+    provider.refresh()
+    assert provider.signing_key().kid == new.kid
+    assert provider.status() == (True, f"endpoint aws: signing with {new.kid}")
+    last_signed = clock.now
+    clock.now = last_signed + RETENTION - 1
+    provider.refresh()
+    assert old.kid in [jwk["kid"] for jwk in provider.jwks()["keys"]]  # its last tokens still verify
+    clock.now = last_signed + rotation.HOLD_STEP + RETENTION
+    provider.refresh()
+    assert [jwk["kid"] for jwk in provider.jwks()["keys"]] == [new.kid]
+
+
+def test_a_restarted_replica_keeps_the_same_key_signing(rotated: tuple[pathlib.Path, keyset.Key, keyset.Key]) -> None:
+    path, old, new = rotated
+    issuer = Issuer()
+    issuer.kids = [old.kid]
+    moment = T0 + 40 * DAY  # long past the old key's window and retention in the file
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=issuer, clock=Clock(moment))
+    provider.refresh()
+    assert provider.signing_key().kid == old.kid
+    assert [jwk["kid"] for jwk in provider.jwks()["keys"]] == [old.kid, new.kid]
+
+
+def test_without_waiting_the_schedule_decides(rotated: tuple[pathlib.Path, keyset.Key, keyset.Key]) -> None:
+    path, old, new = rotated
+    issuer = Issuer()
+    issuer.kids = [old.kid]
+    provider = keymanager.KeyProvider(
+        endpoint(wait=False), namespace="ns", path=path, fetcher=issuer, clock=Clock(T0 + 3 * DAY + 1)
+    )
+    provider.refresh()
+    assert provider.signing_key().kid == new.kid
+    assert issuer.fetched == []
+
+
+def test_a_removed_leaked_key_is_not_replaced_by_an_older_retired_one(tmp_path: pathlib.Path) -> None:
+    """After the leak procedure the new key signs even before it is served; a key retired long
+    before (still in the file, still served) is never brought back."""
+    path = tmp_path / "keyset.json"
+    cli("keys", "create", "--endpoint", "aws", "--algorithm", "ES256", "-o", str(path), "--now", str(T0))
+    cli("keys", "add", str(path), "--lead", "1d", "--now", str(T0 + DAY))
+    retired, leaked = keyset.loads(path.read_bytes()).keys
+    moment = T0 + 3 * DAY + 10  # `retired` stopped signing at T0 + 3d; `leaked` signs
+    cli("keys", "add", str(path), "--lead", "0", "--now", str(moment))
+    cli("keys", "retire", leaked.kid, str(path), "--remove", "--now", str(moment))
+    replacement = keyset.loads(path.read_bytes()).keys[-1]
+    issuer = Issuer()
+    issuer.kids = [retired.kid, leaked.kid]
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=issuer, clock=Clock(moment))
+    provider.refresh()
+    assert provider.signing_key().kid == replacement.kid

@@ -19,6 +19,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from kube_sts.compiler import keys as keys_cli
@@ -325,3 +327,188 @@ def test_retire_a_kid_that_starts_with_a_dash(tmp_path: pathlib.Path) -> None:
     assert keyset.loads(path.read_bytes()).get(key.kid).sign_until == NOW + 5  # type: ignore[union-attr]
     assert run("keys", "retire", "--remove", "--now", str(NOW + 6), "--", key.kid, str(path))[0] == 0
     assert keyset.loads(path.read_bytes()).get(key.kid) is None
+
+
+# -- the leaked-key procedure and other sequences on sets that already changed ----------------------
+
+
+def kids(path: pathlib.Path) -> list[str]:
+    return [key.kid for key in keyset.loads(path.read_bytes()).keys]
+
+
+def test_leak_procedure_with_a_successor_that_does_not_sign_yet(created: pathlib.Path) -> None:
+    """create, add --lead 1d, add --lead 0, retire <leaked> --remove: the README's procedure."""
+    (leaked,) = kids(created)
+    assert run("keys", "add", str(created), "--lead", "1d", "--now", str(NOW + 10))[0] == 0
+    (_, pending) = kids(created)
+
+    code, out, err = run("keys", "add", str(created), "--lead", "0", "--now", str(NOW + 20))
+    assert (code, out) == (0, "")
+    assert f"dropped {pending}: it was to sign from {NOW + 10 + 86400}" in err
+    loaded = keyset.loads(created.read_bytes())
+    replacement = loaded.keys[-1]
+    assert [key.kid for key in loaded.keys] == [leaked, replacement.kid]
+    assert (replacement.sign_from, loaded.get(leaked).sign_until) == (NOW + 20, NOW + 20)  # type: ignore[union-attr]
+    assert loaded.signing_key(NOW + 20).kid == replacement.kid
+
+    code, out, err = run("keys", "retire", leaked, str(created), "--remove", "--now", str(NOW + 20))
+    assert (code, out) == (0, "")
+    assert kids(created) == [replacement.kid]
+    assert keyset.loads(created.read_bytes()).signing_key(NOW + 20).kid == replacement.kid
+
+
+def test_add_lead_zero_in_the_second_the_set_was_created(created: pathlib.Path) -> None:
+    (first,) = kids(created)
+    code, _, err = run("keys", "add", str(created), "--lead", "0", "--now", str(NOW))
+    assert code == 0, err
+    assert "signs now" in err
+    loaded = keyset.loads(created.read_bytes())
+    new = loaded.keys[-1]
+    assert loaded.signing_key(NOW).kid == new.kid
+    old = loaded.get(first)
+    assert old is not None and (old.sign_from, old.sign_until) == (NOW - 1, NOW)
+    assert [key.kid for key in loaded.published(NOW, 3900)] == [first, new.kid]  # its tokens still verify
+    assert run("keys", "retire", first, str(created), "--remove", "--now", str(NOW))[0] == 0
+
+
+def test_add_with_a_shorter_lead_supersedes_the_pending_key(created: pathlib.Path) -> None:
+    (first,) = kids(created)
+    assert run("keys", "add", str(created), "--lead", "1d", "--now", str(NOW))[0] == 0
+    (_, pending) = kids(created)
+    code, _, err = run("keys", "add", str(created), "--lead", "1h", "--now", str(NOW + 10))
+    assert code == 0, err
+    assert f"dropped {pending}" in err
+    loaded = keyset.loads(created.read_bytes())
+    new = loaded.keys[-1]
+    assert [key.kid for key in loaded.keys] == [first, new.kid]
+    assert loaded.signing_key(NOW + 10 + 3599).kid == first
+    assert loaded.signing_key(NOW + 10 + 3600).kid == new.kid
+    assert loaded.signing_key(NOW + 10 + 3600, held={new.kid}).kid == first  # one lead of fallback
+    assert loaded.get(first).sign_until == NOW + 10 + 7200  # type: ignore[union-attr]
+
+
+def test_add_with_a_longer_lead_keeps_the_pending_key_until_the_handover(created: pathlib.Path) -> None:
+    assert run("keys", "add", str(created), "--lead", "1h", "--now", str(NOW))[0] == 0
+    (first, pending) = kids(created)
+    assert run("keys", "add", str(created), "--lead", "1d", "--now", str(NOW + 10))[0] == 0
+    loaded = keyset.loads(created.read_bytes())
+    new = loaded.keys[-1]
+    assert [key.kid for key in loaded.keys] == [first, pending, new.kid]
+    assert loaded.signing_key(NOW + 3600).kid == pending
+    assert loaded.signing_key(NOW + 10 + 86400).kid == new.kid
+    assert loaded.get(pending).sign_until == NOW + 10 + 2 * 86400  # type: ignore[union-attr]
+
+
+def test_retire_a_key_that_never_signed_removes_it(created: pathlib.Path) -> None:
+    assert run("keys", "add", str(created), "--lead", "1d", "--now", str(NOW))[0] == 0
+    (first, pending) = kids(created)
+    code, _, err = run("keys", "retire", pending, str(created), "--now", str(NOW + 10))
+    assert code == 0
+    assert "never signed" in err
+    assert kids(created) == [first]
+    code, _, err = run("keys", "retire", first, str(created), "--now", str(NOW + 400 * 86400))
+    assert code == 0
+    assert "already stopped signing" in err
+
+
+def test_a_set_that_cannot_take_another_key(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "full.json"
+    keys = [
+        keyset.generate("ES256", created=NOW, sign_from=NOW + day * 86400, sign_until=NOW + (day + 1) * 86400)
+        for day in range(keyset.MAX_KEYS)
+    ]
+    path.write_bytes(keyset.dumps(keyset.KeySet(tuple(keys), "aws")))
+    before = path.read_bytes()
+    code, out, err = run("keys", "add", str(path), "--lead", "90d", "--now", str(NOW))
+    assert (code, out) == (1, "")
+    assert err == f"error: {path}: cannot change the key set: 65 keys; at most 64 are allowed, remove retired keys\n"
+    assert path.read_bytes() == before
+
+
+def test_negative_now_is_a_usage_error(created: pathlib.Path) -> None:
+    code, _, err = run("keys", "add", str(created), "--now", "-5")
+    assert code == 2
+    assert err.count("\n") == 1 and "non-negative" in err
+
+
+_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "retire", "remove", "prune", "show"]),
+        st.integers(min_value=0, max_value=3 * 86400),  # seconds since the previous command
+        st.sampled_from([0, 1, 300, 3600, 86400]),  # lead
+        st.integers(min_value=0, max_value=7),  # which key
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=_ACTIONS)
+def test_any_sequence_ends_in_a_message_never_a_traceback(
+    tmp_path: pathlib.Path, actions: list[tuple[str, int, int, int]]
+) -> None:
+    """Whatever order users run the key commands in, each one exits 0 or 1 with its message on
+    stderr, and after an ``add`` the new key is the one that signs at its start."""
+    path = tmp_path / f"seq-{len(list(tmp_path.iterdir()))}.json"
+    now = NOW
+    assert (
+        run(
+            "keys",
+            "create",
+            "--endpoint",
+            "aws",
+            "--algorithm",
+            "ES256",
+            "--sign-for",
+            "2d",
+            "-o",
+            str(path),
+            "--now",
+            str(now),
+        )[0]
+        == 0
+    )
+    for action, step, lead, which in actions:
+        now += step
+        present = kids(path)
+        kid = present[which % len(present)] if present else "none"
+        argv = {
+            "add": ["keys", "add", str(path), "--lead", str(lead), "--sign-for", "2d"],
+            "retire": ["keys", "retire", kid, str(path)],
+            "remove": ["keys", "retire", kid, str(path), "--remove"],
+            "prune": ["keys", "prune", str(path)],
+            "show": ["keys", "show", str(path)],
+        }[action]
+        code, _, err = run(*argv, "--now", str(now))
+        assert code in (0, 1), err
+        assert "Traceback" not in err
+        if code == 1:
+            assert err.startswith("error: ") and err.count("\n") == 1, err
+        if action == "add" and code == 0:
+            loaded = keyset.loads(path.read_bytes())
+            new = max(loaded.keys, key=lambda key: (key.created, key.sign_from))  # no key starts after it
+            assert new.sign_from == now + lead
+            for moment in (now + lead, now + 2 * lead, now + lead + 86400):
+                assert loaded.signing_key(moment).kid == new.kid
+
+
+def test_a_late_upload_still_lists_the_key_the_runtime_keeps_signing_with(
+    created: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A runtime waiting for publication keeps the old key signing until the new one is served;
+    the documents of an upload made long after the handover must still list the old key."""
+    assert run("keys", "add", str(created), "--lead", "1d", "--now", str(NOW))[0] == 0
+    old, new = kids(created)
+    late = str(NOW + 40 * 86400)
+    out = tmp_path / "docs"
+    code, _, err = run(
+        "issuer-docs", "--keyset", str(created), "--host", "d1.cloudfront.net", "-o", str(out), "--now", late
+    )
+    assert code == 0, err
+    assert [jwk["kid"] for jwk in json.loads((out / "certs").read_text())["keys"]] == [old, new]
+    assert run("keys", "prune", str(created), "--now", late)[0] == 0  # after the upload, as the README says
+    code, _, err = run(
+        "issuer-docs", "--keyset", str(created), "--host", "d1.cloudfront.net", "-o", str(out), "--now", late
+    )
+    assert code == 0, err
+    assert [jwk["kid"] for jwk in json.loads((out / "certs").read_text())["keys"]] == [new]
