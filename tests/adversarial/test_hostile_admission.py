@@ -288,6 +288,24 @@ def test_arbitrary_json_in_pod_fields_is_answered_200_or_400(
         patched_pod(answer, original)  # an allowed Pod's patch applies
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.sampled_from(["apiVersion", "kind", "request", "request.uid", "request.kind", "request.object"]),
+    value=JSON,
+)
+def test_arbitrary_json_in_review_fields_is_answered_200_or_400(app: server.App, field: str, value: Any) -> None:
+    document = json.loads(review_body(seed_pod()))
+    *parents, key = field.split(".")
+    target = document
+    for parent in parents:
+        target = target[parent]
+    target[key] = value
+    answer = post(app, json.dumps(document).encode())
+    assert answer.status in (200, 400), answer.body[:300]
+    if answer.status == 400:
+        assert answer.json()["error"] == "bad_request"
+
+
 # -- item: Pods that collide with the injection ---------------------------------------------------
 
 
