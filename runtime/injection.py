@@ -81,7 +81,7 @@ MAX_ENTRIES = 1024
 MAX_VALUE = 2048
 """Characters of the annotation's value (an IAM role ARN is at most 2,048; other providers' ids are shorter)."""
 MAX_OPERATIONS = 1024
-"""Operations in one patch: 128 containers times a mount and three AWS variables is 518."""
+"""Operations in one patch: 128 containers times a mount and three AWS variables is about 520."""
 
 Operation = dict[str, Any]
 
