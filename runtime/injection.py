@@ -21,6 +21,22 @@ Rules:
 - the sidecar receives the STS CA certificate as the PEM in ``KUBE_STS_CA`` (no ConfigMap per
   namespace), and writes the token with mode 0644 into a memory-backed emptyDir (mode 0777), so
   any application user can read it whatever its UID or ``fsGroup``.
+
+Refusals (``RefusedError``: a status code and a message the user sees in ``kubectl``):
+- 400, a malformed Pod: every field the patch reads must have its Kubernetes type (the API server
+  never sends anything else, so only a hostile caller meets this);
+- 400, a Pod larger than kube-sts injects: more than ``MAX_CONTAINERS`` containers, init or
+  ephemeral containers, more than ``MAX_ENTRIES`` volumes or env entries or volume mounts in one
+  container, an annotation value longer than ``MAX_VALUE``, or a patch of more than
+  ``MAX_OPERATIONS`` operations. The patch grows with containers times variables, and each
+  variable carries the annotation's value: these caps bound the work and the answer of every
+  review whatever the Pod holds (a few containers is what real Pods have; 64 is far above what
+  any mesh or agent stack adds, and the caps cost a real Pod nothing);
+- 422, a Pod that collides with the injection: a volume or container named like the ones
+  kube-sts adds (the API server would refuse the duplicate name), or a container other than the
+  sidecar that mounts the token volume without ``readOnly: true`` (it could replace the token the
+  application reads). The last check also runs on Pods already injected, since another webhook
+  may have added the container since.
 """
 
 from __future__ import annotations
@@ -36,9 +52,14 @@ __all__ = [
     "CA_ENV",
     "EXCLUDE_ANNOTATION",
     "MARKER_ANNOTATION",
+    "MAX_CONTAINERS",
+    "MAX_ENTRIES",
+    "MAX_OPERATIONS",
+    "MAX_VALUE",
     "SIDECAR_COMMAND",
     "TOKEN_ROOT",
     "Injection",
+    "RefusedError",
     "escape",
     "patch",
 ]
@@ -53,7 +74,25 @@ SIDECAR_UID = 65532
 SA_TOKEN_SECONDS = 3600
 AWS_TOKEN_VARIABLE = "AWS_WEB_IDENTITY_TOKEN_FILE"  # noqa: S105 (a variable name)
 
+MAX_CONTAINERS = 64
+"""Entries of ``containers``, ``initContainers`` and ``ephemeralContainers`` (before the sidecars kube-sts adds)."""
+MAX_ENTRIES = 1024
+"""Entries of ``volumes``, and of ``env`` and ``volumeMounts`` in one container."""
+MAX_VALUE = 2048
+"""Characters of the annotation's value (an IAM role ARN is at most 2,048; other providers' ids are shorter)."""
+MAX_OPERATIONS = 1024
+"""Operations in one patch: 128 containers times a mount and three AWS variables is about 520."""
+
 Operation = dict[str, Any]
+
+
+class RefusedError(Exception):
+    """The Pod is not admitted: ``code`` is the HTTP status the API server reports, ``message`` says why."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,7 +159,7 @@ def sidecar_args(runtime: config.RuntimeConfig, endpoint: config.Endpoint, *, on
 
 
 def _security_context(pod: Mapping[str, Any]) -> dict[str, Any]:
-    pod_user = (pod.get("spec", {}).get("securityContext") or {}).get("runAsUser")
+    pod_user = (pod["spec"].get("securityContext") or {}).get("runAsUser")
     user = pod_user if isinstance(pod_user, int) and pod_user > 0 else SIDECAR_UID
     return {
         "allowPrivilegeEscalation": False,
@@ -245,22 +284,139 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _shown(name: str) -> str:
+    """``name`` quoted for a message, cut to 63 characters (a Kubernetes name's length)."""
+    return repr(name if len(name) <= 63 else name[:63] + "...")
+
+
+def _malformed(where: str, expected: str) -> RefusedError:
+    return RefusedError(400, f"kube-sts: the Pod is malformed: {where} must be {expected}")
+
+
+def _object(parent: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> dict[str, Any]:
+    value = parent.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise _malformed(where, "an object")
+    return value
+
+
+def _entries(parent: Mapping[str, Any], key: str, where: str, limit: int) -> list[dict[str, Any]]:
+    """The list ``parent[key]`` of objects (absent or null: empty), refused past ``limit`` entries."""
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _malformed(where, "a list")
+    if len(value) > limit:
+        raise RefusedError(
+            400, f"kube-sts: {where} has {len(value)} entries; kube-sts injects into Pods of at most {limit}"
+        )
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise _malformed(f"{where}[{index}]", "an object")
+    return value
+
+
+def _typed(parent: Mapping[str, Any], key: str, where: str, kind: type, expected: str, *, required: bool) -> None:
+    value = parent.get(key)
+    if value is None and not required:
+        return
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):  # bool is an int in Python
+        raise _malformed(where, expected)
+
+
+def _strings(parent: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    mapping = _object(parent, key, where)
+    for name, value in mapping.items():
+        if not isinstance(value, str):
+            raise _malformed(f"{where}[{_shown(name)}]", "a string")
+    return mapping
+
+
+def _check(pod: Mapping[str, Any]) -> None:
+    """Refuse a Pod whose fields the patch reads do not have their Kubernetes types, or are over the caps."""
+    metadata = _object(pod, "metadata", "metadata", required=True)
+    _strings(metadata, "labels", "metadata.labels")
+    _strings(metadata, "annotations", "metadata.annotations")
+    spec = _object(pod, "spec", "spec", required=True)
+    context = _object(spec, "securityContext", "spec.securityContext")
+    _typed(context, "runAsUser", "spec.securityContext.runAsUser", int, "an integer", required=False)
+    _typed(spec, "restartPolicy", "spec.restartPolicy", str, "a string", required=False)
+    _entries(spec, "ephemeralContainers", "spec.ephemeralContainers", MAX_CONTAINERS)
+    for index, volume in enumerate(_entries(spec, "volumes", "spec.volumes", MAX_ENTRIES)):
+        _typed(volume, "name", f"spec.volumes[{index}].name", str, "a string", required=True)
+    for field in ("initContainers", "containers"):
+        for index, container in enumerate(_entries(spec, field, f"spec.{field}", MAX_CONTAINERS)):
+            where = f"spec.{field}[{index}]"
+            _typed(container, "name", f"{where}.name", str, "a string", required=True)
+            for number, variable in enumerate(_entries(container, "env", f"{where}.env", MAX_ENTRIES)):
+                _typed(variable, "name", f"{where}.env[{number}].name", str, "a string", required=True)
+            for number, mount in enumerate(_entries(container, "volumeMounts", f"{where}.volumeMounts", MAX_ENTRIES)):
+                at = f"{where}.volumeMounts[{number}]"
+                _typed(mount, "name", f"{at}.name", str, "a string", required=True)
+                _typed(mount, "mountPath", f"{at}.mountPath", str, "a string", required=True)
+                _typed(mount, "readOnly", f"{at}.readOnly", bool, "true or false", required=False)
+
+
+def _check_collisions(endpoint: config.Endpoint, spec: Mapping[str, Any], ours: set[str], *, injected: bool) -> None:
+    """Refuse a Pod whose own volumes or containers take our names, or that can write our token.
+
+    ``ours``: the names of the containers kube-sts adds for ``endpoint``; ``injected``: whether it did.
+    """
+    token_volume = _name("kube-sts-", endpoint.name, "-token")
+    fields = ("initContainers", "containers")
+    if not injected:
+        reserved = {token_volume, _name("kube-sts-", endpoint.name, "-sa")}
+        for index, volume in enumerate(_list(spec.get("volumes"))):
+            if volume["name"] in reserved:
+                raise RefusedError(
+                    422,
+                    f"kube-sts: spec.volumes[{index}] is named {volume['name']!r}, a name kube-sts reserves for "
+                    f"endpoint {endpoint.name!r}; rename the volume",
+                )
+        for field in fields:
+            for index, container in enumerate(_list(spec.get(field))):
+                if container["name"] in ours:
+                    raise RefusedError(
+                        422,
+                        f"kube-sts: spec.{field}[{index}] is named {_shown(container['name'])}, a name kube-sts "
+                        f"reserves for endpoint {endpoint.name!r}; rename the container",
+                    )
+    for field in fields:
+        for index, container in enumerate(_list(spec.get(field))):
+            if container["name"] in ours:
+                continue
+            for mount in _list(container.get("volumeMounts")):
+                if mount["name"] == token_volume and mount.get("readOnly") is not True:
+                    raise RefusedError(
+                        422,
+                        f"kube-sts: spec.{field}[{index}] ({_shown(container['name'])}) mounts the token volume "
+                        f"{token_volume!r} without readOnly: true; only the kube-sts sidecar may write the token",
+                    )
+
+
 def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
     runtime: config.RuntimeConfig,
     endpoints: Sequence[config.Endpoint],
     pod: Mapping[str, Any],
     ca_pem: str,
 ) -> Injection:
-    """The operations that inject ``endpoints`` into ``pod`` (the Pod JSON as received)."""
-    metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
+    """The operations that inject ``endpoints`` into ``pod`` (the Pod JSON as received).
+
+    Raises ``RefusedError`` for a Pod that is malformed, over the caps or collides with the injection.
+    """
+    _check(pod)
+    metadata = pod["metadata"]
+    spec = pod["spec"]
     labels = metadata.get("labels") or {}
     annotations = metadata.get("annotations") or {}
-    marker = {name for name in str(annotations.get(MARKER_ANNOTATION, "")).split(",") if name}
-    excluded = {name.strip() for name in str(annotations.get(EXCLUDE_ANNOTATION, "")).split(",") if name.strip()}
+    marker = {name for name in annotations.get(MARKER_ANNOTATION, "").split(",") if name}
+    excluded = {name.strip() for name in annotations.get(EXCLUDE_ANNOTATION, "").split(",") if name.strip()}
     containers = _list(spec.get("containers"))
     init_containers = _list(spec.get("initContainers"))
-    existing_names = {c.get("name") for c in containers + init_containers if isinstance(c, dict)}
+    existing_names = {c["name"] for c in containers + init_containers}
     builder = _Builder(pod)
     state: dict[tuple[str, int], _ContainerState] = {}
     warnings: list[str] = []
@@ -270,7 +426,11 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
         injector = endpoint.injector
         if injector is None or injector.label_key not in labels:
             continue
-        if endpoint.name in marker or sidecar_name(endpoint.name) in existing_names:
+        name = sidecar_name(endpoint.name)
+        init_name = _name("kube-sts-", endpoint.name, "-init")
+        already = endpoint.name in marker or name in existing_names
+        _check_collisions(endpoint, spec, {name} if runtime.native_sidecars else {name, init_name}, injected=already)
+        if already:
             continue
         value = annotations.get(injector.label_key)
         if not isinstance(value, str) or not value.strip():
@@ -279,17 +439,21 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
                 f"{injector.label_key}; endpoint {endpoint.name!r} was not injected"
             )
             continue
+        if len(value) > MAX_VALUE:
+            raise RefusedError(
+                400,
+                f"kube-sts: the annotation {injector.label_key} is {len(value)} characters long; "
+                f"at most {MAX_VALUE} are accepted",
+            )
         injected.append(endpoint.name)
         for volume in _volumes(runtime, endpoint):
             builder.append("/spec/volumes", spec.get("volumes"), volume)
-        name = sidecar_name(endpoint.name)
         ours.add(name)
         position = len(injected) - 1
         if runtime.native_sidecars:
             sidecar = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="native")
             builder.insert("/spec/initContainers", spec.get("initContainers"), position, sidecar)
         else:
-            init_name = _name("kube-sts-", endpoint.name, "-init")
             ours.add(init_name)
             first = _sidecar(runtime, endpoint, pod, ca_pem, name=init_name, mode="once")
             builder.insert("/spec/initContainers", spec.get("initContainers"), position, first)
@@ -308,9 +472,10 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
             "readOnly": True,
         }
         env = app_env(endpoint, value.strip())
+        skipped = excluded | ours
         for field, listed in (("initContainers", init_containers), ("containers", containers)):
             for index, container in enumerate(listed):
-                if not isinstance(container, dict) or container.get("name") in excluded | ours:
+                if container["name"] in skipped:
                     continue
                 # existing init containers shift by the sidecars inserted before them
                 shift = len(injected) if field == "initContainers" else 0
@@ -323,6 +488,12 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
                     if variable not in seen.env_names:
                         builder.operations.append(seen.add(base, "env", {"name": variable, "value": setting}))
                         seen.env_names.add(variable)
+                if len(builder.operations) > MAX_OPERATIONS:
+                    raise RefusedError(
+                        400,
+                        f"kube-sts: the patch for this Pod would need more than {MAX_OPERATIONS} operations "
+                        "(containers times variables to add); set fewer containers or extra variables",
+                    )
     if injected:
         if not isinstance(metadata.get("annotations"), dict):
             builder.operations.append({"op": "add", "path": "/metadata/annotations", "value": {}})
