@@ -68,6 +68,11 @@ MARKER_ANNOTATION = "kube-sts.tremolo.io/injected"
 EXCLUDE_ANNOTATION = "kube-sts.tremolo.io/exclude-containers"
 TOKEN_ROOT = "/var/run/secrets/kube-sts"  # noqa: S105 (a path, not a secret)
 SA_TOKEN_ROOT = "/var/run/secrets/kube-sts-sa"  # noqa: S105 (a path)
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 (a path)
+"""Where the API server's ServiceAccount admission mounts the API token into every container that
+has nothing mounted there. The sidecar mounts its own STS-audience token there instead, so it
+never holds a credential for the API server (found by the control-plane tier: the API server
+re-runs that admission after our patch and would mount the API token into the added sidecar)."""
 CA_ENV = "KUBE_STS_CA"
 SIDECAR_COMMAND = "kube-sts-sidecar"
 SIDECAR_UID = 65532
@@ -198,6 +203,7 @@ def _sidecar(
                 "mountPath": f"{SA_TOKEN_ROOT}/{endpoint.name}",
                 "readOnly": True,
             },
+            {"name": _name("kube-sts-", endpoint.name, "-sa"), "mountPath": API_TOKEN_PATH, "readOnly": True},
         ],
     }
     if mode != "once":
