@@ -156,9 +156,21 @@ class Sts(config.Model):
     """Container resources."""
     webhook: Webhook = Webhook()
     """Admission webhook settings."""
+    api_audiences: list[Annotated[str, Field(min_length=1)]] = []
+    """The cluster's API server audiences (`--api-audiences`) beyond the well-known defaults
+    (`https://kubernetes.default.svc.cluster.local`, `https://kubernetes.default.svc`, `kubernetes`, ...);
+    `stsAudience` may be none of them."""
     sts_audience: Annotated[str, Field(min_length=1)] = "kube-sts"
     """Audience of the projected ServiceAccount token the sidecar presents to the token service
     (never the API server's audience, so neither token can be replayed to the other)."""
+
+    @pydantic.field_validator("sts_audience")
+    @classmethod
+    def _not_the_api_servers(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        problem = config.api_server_audience(value, tuple(info.data.get("api_audiences", ())))
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @property
     def native_sidecars(self) -> bool:
@@ -236,6 +248,7 @@ def runtime_config(sts: Sts) -> config.RuntimeConfig:
         cluster=sts.cluster,
         namespace=sts.namespace,
         service_url=f"https://{sts.service_host}",
+        api_audiences=tuple(sts.api_audiences),
         sts_audience=sts.sts_audience,
         native_sidecars=sts.native_sidecars,
         sidecar_image=image_reference(sts.image),

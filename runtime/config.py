@@ -43,7 +43,50 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 
 SUBJECT_FIELDS = frozenset({"cluster", "namespace", "saname", "pod", "role", "endpoint"})
+API_SERVER_AUDIENCES = (
+    "https://kubernetes.default.svc.cluster.local",
+    "https://kubernetes.default.svc",
+    "https://kubernetes.default",
+    "https://kubernetes",
+    "kubernetes.default.svc.cluster.local",
+    "kubernetes.default.svc",
+    "kubernetes.default",
+    "kubernetes",
+)
+"""Audiences Kubernetes API servers accept by default (the issuer, its short forms, ``kubernetes``)."""
 LABEL_PREFIX = "tremolo.io/"
+
+
+def _audience_key(audience: str) -> str:
+    return audience.strip().rstrip("/").lower()
+
+
+def api_server_audience(audience: str, api_audiences: tuple[str, ...] = ()) -> str | None:
+    """Why ``audience`` is the API server's own (so its tokens would open the API), or None.
+
+    ``api_audiences`` are the cluster's ``--api-audiences`` beyond the well-known defaults.
+    """
+    key = _audience_key(audience)
+    for known in (*API_SERVER_AUDIENCES, *api_audiences):
+        if key == _audience_key(known):
+            return (
+                f"{audience!r} is an audience of the Kubernetes API server; a token for it also opens the API "
+                "server, so the STS would accept ordinary automounted tokens. Use an audience of its own, such as "
+                "'kube-sts'"
+            )
+    return None
+
+
+def one_line(error: Exception) -> str:
+    """A config loading error as one line: ``field.path: message; ...`` for validation errors."""
+    if isinstance(error, pydantic.ValidationError):
+        parts = []
+        for item in error.errors(include_url=False):
+            where = ".".join(str(part) for part in item["loc"])
+            message = str(item["msg"]).removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
+        return "; ".join(parts)
+    return " ".join(str(error).split())
 
 
 def parse_duration(value: Any) -> Any:
@@ -271,8 +314,10 @@ class RuntimeConfig(Model):
     """Namespace the runtime runs in (its Secrets live here)."""
     service_url: str
     """Base URL the sidecars use to reach the token service."""
-    sts_audience: str
-    """Audience of the projected ServiceAccount tokens the sidecars present."""
+    api_audiences: tuple[str, ...] = ()
+    """The cluster's `--api-audiences` beyond the well-known defaults: never a valid `stsAudience`."""
+    sts_audience: Annotated[str, Field(min_length=1)]
+    """Audience of the projected ServiceAccount tokens the sidecars present (never the API server's)."""
     port: int = 8443
     native_sidecars: bool = True
     """Inject the sidecar as a native sidecar (Kubernetes 1.29+)."""
@@ -282,6 +327,14 @@ class RuntimeConfig(Model):
     """Names of our MutatingWebhookConfigurations (kept current in `runtime` TLS mode)."""
     tls: TLS
     endpoints: tuple[Endpoint, ...]
+
+    @pydantic.field_validator("sts_audience")
+    @classmethod
+    def _not_the_api_servers(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        problem = api_server_audience(value, tuple(info.data.get("api_audiences", ())))
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @pydantic.model_validator(mode="after")
     def _one_key_set_per_endpoint(self) -> RuntimeConfig:

@@ -805,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runtime = config.RuntimeConfig.model_validate_json(args.config.read_bytes())
     except (OSError, ValueError) as exc:
-        print(f"kube-sts-server: cannot load {args.config}: {exc}", file=sys.stderr)
+        print(f"kube-sts-server: cannot load {args.config}: {config.one_line(exc)}", file=sys.stderr)
         return 1
     try:
         kube = kubeapi.KubeAPI.from_environment()
