@@ -156,7 +156,7 @@ class Sts(config.Model):
     """Container resources."""
     webhook: Webhook = Webhook()
     """Admission webhook settings."""
-    api_audiences: list[Annotated[str, Field(min_length=1)]] = []
+    api_audiences: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     """The cluster's API server audiences (`--api-audiences`) beyond the well-known defaults
     (`https://kubernetes.default.svc.cluster.local`, `https://kubernetes.default.svc`, `kubernetes`, ...);
     `stsAudience` may be none of them."""

@@ -50,7 +50,10 @@ def test_compiler_refuses_an_api_server_audience(audience: str) -> None:
 
 
 def test_compiler_refuses_the_clusters_configured_api_audiences() -> None:
-    text = GOOD + "  apiAudiences: [https://oidc.example.com/cluster-1]\n  stsAudience: https://oidc.example.com/cluster-1\n"
+    text = (
+        GOOD
+        + "  apiAudiences: [https://oidc.example.com/cluster-1]\n  stsAudience: https://oidc.example.com/cluster-1\n"
+    )
     with pytest.raises(diagnostics.ValuesError) as caught:
         source.parse(text)
     assert [(d.line, d.column, d.code) for d in caught.value.diagnostics] == [(13, 16, "invalid-value")]
