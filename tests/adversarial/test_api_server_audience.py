@@ -61,7 +61,7 @@ def test_compiler_refuses_the_clusters_configured_api_audiences() -> None:
 
 
 def _runtime_document(audience: str) -> dict[str, object]:
-    document = json.loads(harness.runtime_config(harness.endpoint()).model_dump_json(by_alias=True))
+    document: dict[str, object] = json.loads(harness.runtime_config(harness.endpoint()).model_dump_json(by_alias=True))
     document["stsAudience"] = audience
     return document
 
