@@ -520,7 +520,10 @@ class Callers:
         claimed = _audiences(claims)
         if audience not in claimed:
             raise HTTPError(401, "wrong_audience", f"the token's audience must be {audience!r}")
-        signature = _b64(signature_segment)
+        try:
+            signature = _b64(signature_segment)
+        except (ValueError, binascii.Error):
+            raise HTTPError(401, "malformed_token", "the bearer token is not a JWT") from None
         await self._check_signature(header, claims, f"{header_segment}.{payload_segment}".encode("ascii"), signature)
         api = [a for a in claimed if config.api_server_audience(a, self._api_audiences + self._issuer())]
         if api:
