@@ -43,6 +43,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 
 SUBJECT_FIELDS = frozenset({"cluster", "namespace", "saname", "pod", "role", "endpoint"})
+DEFAULT_SUBJECT = "{cluster}:{namespace}:{saname}"
+ROLE_SUBJECT = "{cluster}:{namespace}:{saname}:{role}"
+AWS_ROLE_VARIABLE = "AWS_ROLE_ARN"
 API_SERVER_AUDIENCES = (
     "https://kubernetes.default.svc.cluster.local",
     "https://kubernetes.default.svc",
@@ -218,14 +221,19 @@ class Token(Model):
     """Lifetime of a minted token (10 minutes to 24 hours)."""
     algorithm: Literal["RS256", "ES256"] = "RS256"
     """Signature algorithm. RS256 is accepted by every relying party; ES256 is faster."""
-    subject: str = "{cluster}:{namespace}:{saname}"
-    """Template for `sub`; fields: cluster, namespace, saname, pod, role, endpoint."""
+    subject: str | None = None
+    """Template for `sub`; fields: cluster, namespace, saname, pod, role, endpoint. Default
+    `{cluster}:{namespace}:{saname}`, and `{cluster}:{namespace}:{saname}:{role}` for AWS endpoints
+    (the injector sets `AWS_ROLE_ARN`) whose rules mention `role`, so that a role's trust policy
+    (conditions on `sub`) can refuse tokens authorized for any other role."""
     aws_session_tags: bool = False
     """Add `https://aws.amazon.com/tags` with namespace, saname and cluster as session tags."""
 
     @pydantic.field_validator("subject")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _known_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             fields = {name for _, name, spec, conv in string.Formatter().parse(value) if name is not None}
             specs = [spec or conv for _, name, spec, conv in string.Formatter().parse(value) if name]
@@ -281,6 +289,32 @@ class Endpoint(Model):
 
     def rules(self) -> tuple[rule_filter.Filter, ...]:
         return tuple(rule.compiled() for rule in self.az_rules)
+
+    @property
+    def rules_mention_role(self) -> bool:
+        """Whether any rule looks at the ``role`` attribute (the Pod's annotation)."""
+
+        def mentions(node: rule_filter.Filter) -> bool:
+            return node.attribute == "role" or any(mentions(child) for child in node.children)
+
+        return any(mentions(rule) for rule in self.rules())
+
+    @property
+    def aws_style(self) -> bool:
+        """Whether the injector hands the annotation to AWS SDKs as the role to assume."""
+        return self.injector is not None and self.injector.label_value_environment_variable_name == AWS_ROLE_VARIABLE
+
+    @property
+    def subject_template(self) -> str:
+        """The ``sub`` template in force (``token.subject``, else the default for this endpoint)."""
+        if self.token.subject is not None:
+            return self.token.subject
+        return ROLE_SUBJECT if self.aws_style and self.rules_mention_role else DEFAULT_SUBJECT
+
+    @property
+    def role_unenforceable(self) -> bool:
+        """Rules decide on ``role`` but the minted ``sub`` does not carry it (the relying party cannot check)."""
+        return self.rules_mention_role and "{role}" not in self.subject_template
 
     @pydantic.model_validator(mode="after")
     def _tokens_outlived_by_keys(self) -> Endpoint:

@@ -3,7 +3,7 @@
 Header ``alg``, ``kid`` (the key's RFC 7638 thumbprint), ``typ: JWT``. Claims: ``iss`` (the
 issuer URL, byte-identical to the discovery document's ``issuer``), ``aud`` (the endpoint's
 audience), ``sub`` (the endpoint's template, default ``<cluster>:<namespace>:<saname>``),
-``iat``/``nbf``/``exp`` as integers, ``jti`` (128 random bits), ``cluster``, ``namespace``,
+``iat``/``nbf``/``exp`` as integers (``{role}`` in the template: the role the rules authorized), ``jti`` (128 random bits), ``cluster``, ``namespace``,
 ``saname`` and, when enabled, AWS session tags under ``https://aws.amazon.com/tags``.
 
 The compact serialization (RFC 7515 section 7.1) is built here: the header is encoded once per
@@ -55,7 +55,7 @@ class Minter:
         self.issuer = endpoint.issuer.url
         self.audience = endpoint.audience
         self.lifetime = endpoint.token.lifetime
-        self.template = endpoint.token.subject
+        self.template = endpoint.subject_template
         self.session_tags = endpoint.token.aws_session_tags
         self.clock = clock
         self._headers: dict[str, bytes] = {}
