@@ -16,7 +16,7 @@ from pydantic import Field
 
 from kube_sts.runtime import config
 
-__all__ = ["Conflict", "Values", "conflicts", "image_reference", "runtime_config"]
+__all__ = ["Conflict", "Values", "conflicts", "image_reference", "runtime_config", "warnings"]
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
@@ -237,6 +237,25 @@ def conflicts(sts: Sts) -> list[Conflict]:
                     ("sts", "endpoints", index, "issuer", "keypair"),
                     f"{endpoint.issuer.keypair!r} is the runtime's TLS Secret; choose another name",
                     "duplicate-keypair",
+                )
+            )
+    return found
+
+
+def warnings(sts: Sts) -> list[Conflict]:
+    """Values that compile but weaken what they seem to promise."""
+    found: list[Conflict] = []
+    for index, endpoint in enumerate(sts.endpoints):
+        if endpoint.role_unenforceable:
+            where: tuple[str | int, ...] = ("token", "subject") if endpoint.token.subject is not None else ("azRules",)
+            found.append(
+                Conflict(
+                    ("sts", "endpoints", index, *where),
+                    f"the rules decide on 'role', but the minted sub ({endpoint.subject_template!r}) does not carry "
+                    "it, so a relying party cannot refuse a token authorized for one role when it is presented for "
+                    "another; put {role} in token.subject (e.g. '{cluster}:{namespace}:{saname}:{role}') and pin "
+                    "the whole sub in each role's trust policy",
+                    "role-not-enforceable",
                 )
             )
     return found

@@ -9,12 +9,16 @@ itself refuses a token for any other role, also when a container sets its own ``
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from kube_sts.compiler import source
 from kube_sts.runtime import config, kubeapi
 from tests import apiserver, awssts
 from tests.runtime import harness
@@ -25,6 +29,7 @@ ADMIN = f"arn:aws:iam::{ACCOUNT}:role/payments-admin"
 RULE = f"(&(namespace=myns)(role=arn:aws:iam::{ACCOUNT}:role/allowed-*))"
 AUDIENCE = "sts.amazonaws.com"
 HOST = harness.ISSUER_HOST
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def readme_trust_policy(role_arn: str, namespace: str = "myns", serviceaccount: str = "app") -> dict[str, Any]:
@@ -174,3 +179,54 @@ def test_trust_policy_statements() -> None:
     with pytest.raises(awssts.STSError):
         awssts.trust_allows(_policy({"NumericEquals": {f"{HOST}:sub": "1"}}), PROVIDER, url, claims)
     assert json.dumps(readme_trust_policy(READER))  # serializable as the README shows it
+
+
+# -- the compiler warns when rules decide on role but the token cannot carry it ---------------------
+
+VALUES = """\
+sts:
+  endpoints:
+  - name: aws
+    audience: sts.amazonaws.com
+    path: /aws
+    azRules:
+    - scope: filter
+      constraint: "(&(namespace=myns)(role=arn:aws:iam::123456789012:role/allowed-*))"
+    issuer:
+      host: d1dexjaad4ian0.cloudfront.net
+      keypair: aws-keys
+    injector:
+      label: aws-role
+      token_environment_variable_name: AWS_WEB_IDENTITY_TOKEN_FILE
+      label_value_environment_variable_name: AWS_ROLE_ARN
+"""
+
+
+def test_no_warning_when_the_default_sub_carries_the_role() -> None:
+    assert source.check(VALUES)[1] == ()
+
+
+def test_warning_when_an_explicit_subject_drops_the_role(tmp_path: pathlib.Path) -> None:
+    text = VALUES + '    token:\n      subject: "{cluster}:{namespace}:{saname}"\n'
+    (warning,) = source.check(text)[1]
+    assert (warning.line, warning.column, warning.path, warning.code) == (
+        17, 16, "sts.endpoints[0].token.subject", "role-not-enforceable"
+    )  # fmt: skip
+    path = tmp_path / "values.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "kube_sts.compiler.cli", str(path)],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0 and b"kind: Deployment" in result.stdout
+    stderr = result.stderr.decode()
+    assert stderr.startswith(f"{path}:17:16: warning: sts.endpoints[0].token.subject: the rules decide on 'role'")
+    assert stderr.endswith("1 warning\n")
+
+
+def test_warning_for_an_endpoint_without_the_aws_injector() -> None:
+    text = VALUES.replace("AWS_ROLE_ARN", "AZURE_CLIENT_ID")
+    (warning,) = source.check(text)[1]
+    assert (warning.line, warning.path, warning.code) == (6, "sts.endpoints[0].azRules", "role-not-enforceable")
