@@ -60,7 +60,7 @@ def test_exchange_mints_a_token(
     assert header["kid"] == app.keys.provider("aws").signing_key().kid
     assert claims["iss"] == "https://issuer.example"
     assert claims["aud"] == "sts.amazonaws.com"
-    assert claims["sub"] == "test-cluster:myns:app"
+    assert claims["sub"] == f"test-cluster:myns:app:{ROLE}"  # the rules decide on role: sub carries it
     assert (claims["cluster"], claims["namespace"], claims["saname"]) == ("test-cluster", "myns", "app")
     assert claims["exp"] == body["expires_at"] == claims["iat"] + 3600 and claims["nbf"] == claims["iat"]
     assert all(type(claims[c]) is int for c in ("iat", "nbf", "exp"))
