@@ -38,16 +38,16 @@ def dotted(loc: Sequence[str | int]) -> str:
     return out
 
 
-def render(diagnostics: Sequence[Diagnostic], filename: str, text: str) -> str:
-    """Every diagnostic with its source line and a caret under the column."""
+def render(diagnostics: Sequence[Diagnostic], filename: str, text: str, level: str = "error") -> str:
+    """Every diagnostic with its source line and a caret under the column (``level``: error, warning)."""
     lines = text.splitlines()
     out: list[str] = []
     for d in diagnostics:
         where = f"{d.path}: " if d.path else ""
-        out.append(f"{filename}:{d.line}:{d.column}: error: {where}{d.message} [{d.code}]")
+        out.append(f"{filename}:{d.line}:{d.column}: {level}: {where}{d.message} [{d.code}]")
         if 1 <= d.line <= len(lines):
             source = lines[d.line - 1].expandtabs(1)
             out.append(f"  {source}")
             out.append("  " + " " * (d.column - 1) + "^")
-    out.append(f"{len(diagnostics)} error{'s' if len(diagnostics) != 1 else ''}")
+    out.append(f"{len(diagnostics)} {level}{'s' if len(diagnostics) != 1 else ''}")
     return "\n".join(out) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kube_sts.compiler import emit, render, source
+from kube_sts.compiler import diagnostics, emit, render, source
 
 __all__ = ["Manifest", "compile_values"]
 
@@ -14,6 +14,8 @@ class Manifest:
     """The rendered objects as ``(file name, YAML document)`` pairs in apply order."""
 
     files: tuple[tuple[str, str], ...]
+    warnings: tuple[diagnostics.Diagnostic, ...] = ()
+    """Positioned warnings (the CLI prints them to stderr; the output is still valid)."""
 
     @property
     def text(self) -> str:
@@ -28,5 +30,6 @@ class Manifest:
 
 def compile_values(text: str) -> Manifest:
     """Validate and render ``text``; raises ``diagnostics.ValuesError`` on any problem."""
-    objects = render.objects(source.parse(text))
-    return Manifest(tuple((emit.file_name(i, obj), emit.document(obj)) for i, obj in enumerate(objects)))
+    model, warnings = source.check(text)
+    objects = render.objects(model)
+    return Manifest(tuple((emit.file_name(i, obj), emit.document(obj)) for i, obj in enumerate(objects)), warnings)

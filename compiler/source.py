@@ -20,7 +20,7 @@ import ruamel.yaml.error
 
 from kube_sts.compiler import diagnostics, values
 
-__all__ = ["parse"]
+__all__ = ["check", "parse"]
 
 _Loc = tuple[str | int, ...]
 _MAX_DEPTH = 64
@@ -28,6 +28,11 @@ _MAX_DEPTH = 64
 
 def parse(text: str) -> values.Values:
     """Validate ``text``; raise ``diagnostics.ValuesError`` listing every problem."""
+    return check(text)[0]
+
+
+def check(text: str) -> tuple[values.Values, tuple[diagnostics.Diagnostic, ...]]:
+    """``parse``, plus the warnings (positioned, sorted) for values that compile but deserve one."""
     tree = _load(text)
     plain = _plain(tree, ())
     if plain is None:
@@ -48,7 +53,8 @@ def parse(text: str) -> values.Values:
     ]
     if problems:
         raise diagnostics.ValuesError(problems)
-    return model
+    warnings = {_positioned(tree, w.loc, w.message, w.code) for w in values.warnings(model.sts)}
+    return model, tuple(sorted(warnings))
 
 
 def _fail(line: int, column: int, path: str, message: str, code: str) -> typing.NoReturn:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from kube_sts.runtime import config
 
-__all__ = ["Conflict", "Values", "conflicts", "image_reference", "runtime_config"]
+__all__ = ["Conflict", "Values", "conflicts", "image_reference", "runtime_config", "warnings"]
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
@@ -156,9 +156,21 @@ class Sts(config.Model):
     """Container resources."""
     webhook: Webhook = Webhook()
     """Admission webhook settings."""
+    api_audiences: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    """The cluster's API server audiences (`--api-audiences`) beyond the well-known defaults
+    (`https://kubernetes.default.svc.cluster.local`, `https://kubernetes.default.svc`, `kubernetes`, ...);
+    `stsAudience` may be none of them."""
     sts_audience: Annotated[str, Field(min_length=1)] = "kube-sts"
     """Audience of the projected ServiceAccount token the sidecar presents to the token service
     (never the API server's audience, so neither token can be replayed to the other)."""
+
+    @pydantic.field_validator("sts_audience")
+    @classmethod
+    def _not_the_api_servers(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        problem = config.api_server_audience(value, tuple(info.data.get("api_audiences", ())))
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @property
     def native_sidecars(self) -> bool:
@@ -230,12 +242,32 @@ def conflicts(sts: Sts) -> list[Conflict]:
     return found
 
 
+def warnings(sts: Sts) -> list[Conflict]:
+    """Values that compile but weaken what they seem to promise."""
+    found: list[Conflict] = []
+    for index, endpoint in enumerate(sts.endpoints):
+        if endpoint.role_unenforceable:
+            where: tuple[str | int, ...] = ("token", "subject") if endpoint.token.subject is not None else ("azRules",)
+            found.append(
+                Conflict(
+                    ("sts", "endpoints", index, *where),
+                    f"the rules decide on 'role', but the minted sub ({endpoint.subject_template!r}) does not carry "
+                    "it, so a relying party cannot refuse a token authorized for one role when it is presented for "
+                    "another; put {role} in token.subject (e.g. '{cluster}:{namespace}:{saname}:{role}') and pin "
+                    "the whole sub in each role's trust policy",
+                    "role-not-enforceable",
+                )
+            )
+    return found
+
+
 def runtime_config(sts: Sts) -> config.RuntimeConfig:
     """The runtime's configuration (the ConfigMap's ``config.json``) for validated values."""
     return config.RuntimeConfig(
         cluster=sts.cluster,
         namespace=sts.namespace,
         service_url=f"https://{sts.service_host}",
+        api_audiences=tuple(sts.api_audiences),
         sts_audience=sts.sts_audience,
         native_sidecars=sts.native_sidecars,
         sidecar_image=image_reference(sts.image),

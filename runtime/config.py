@@ -43,7 +43,53 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 
 SUBJECT_FIELDS = frozenset({"cluster", "namespace", "saname", "pod", "role", "endpoint"})
+DEFAULT_SUBJECT = "{cluster}:{namespace}:{saname}"
+ROLE_SUBJECT = "{cluster}:{namespace}:{saname}:{role}"
+AWS_ROLE_VARIABLE = "AWS_ROLE_ARN"
+API_SERVER_AUDIENCES = (
+    "https://kubernetes.default.svc.cluster.local",
+    "https://kubernetes.default.svc",
+    "https://kubernetes.default",
+    "https://kubernetes",
+    "kubernetes.default.svc.cluster.local",
+    "kubernetes.default.svc",
+    "kubernetes.default",
+    "kubernetes",
+)
+"""Audiences Kubernetes API servers accept by default (the issuer, its short forms, ``kubernetes``)."""
 LABEL_PREFIX = "tremolo.io/"
+
+
+def _audience_key(audience: str) -> str:
+    return audience.strip().rstrip("/").lower()
+
+
+def api_server_audience(audience: str, api_audiences: tuple[str, ...] = ()) -> str | None:
+    """Why ``audience`` is the API server's own (so its tokens would open the API), or None.
+
+    ``api_audiences`` are the cluster's ``--api-audiences`` beyond the well-known defaults.
+    """
+    key = _audience_key(audience)
+    for known in (*API_SERVER_AUDIENCES, *api_audiences):
+        if key == _audience_key(known):
+            return (
+                f"{audience!r} is an audience of the Kubernetes API server; a token for it also opens the API "
+                "server, so the STS would accept ordinary automounted tokens. Use an audience of its own, such as "
+                "'kube-sts'"
+            )
+    return None
+
+
+def one_line(error: Exception) -> str:
+    """A config loading error as one line: ``field.path: message; ...`` for validation errors."""
+    if isinstance(error, pydantic.ValidationError):
+        parts = []
+        for item in error.errors(include_url=False):
+            where = ".".join(str(part) for part in item["loc"])
+            message = str(item["msg"]).removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
+        return "; ".join(parts)
+    return " ".join(str(error).split())
 
 
 def parse_duration(value: Any) -> Any:
@@ -175,14 +221,19 @@ class Token(Model):
     """Lifetime of a minted token (10 minutes to 24 hours)."""
     algorithm: Literal["RS256", "ES256"] = "RS256"
     """Signature algorithm. RS256 is accepted by every relying party; ES256 is faster."""
-    subject: str = "{cluster}:{namespace}:{saname}"
-    """Template for `sub`; fields: cluster, namespace, saname, pod, role, endpoint."""
+    subject: str | None = None
+    """Template for `sub`; fields: cluster, namespace, saname, pod, role, endpoint. Default
+    `{cluster}:{namespace}:{saname}`, and `{cluster}:{namespace}:{saname}:{role}` for AWS endpoints
+    (the injector sets `AWS_ROLE_ARN`) whose rules mention `role`, so that a role's trust policy
+    (conditions on `sub`) can refuse tokens authorized for any other role."""
     aws_session_tags: bool = False
     """Add `https://aws.amazon.com/tags` with namespace, saname and cluster as session tags."""
 
     @pydantic.field_validator("subject")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _known_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             fields = {name for _, name, spec, conv in string.Formatter().parse(value) if name is not None}
             specs = [spec or conv for _, name, spec, conv in string.Formatter().parse(value) if name]
@@ -239,6 +290,32 @@ class Endpoint(Model):
     def rules(self) -> tuple[rule_filter.Filter, ...]:
         return tuple(rule.compiled() for rule in self.az_rules)
 
+    @property
+    def rules_mention_role(self) -> bool:
+        """Whether any rule looks at the ``role`` attribute (the Pod's annotation)."""
+
+        def mentions(node: rule_filter.Filter) -> bool:
+            return node.attribute == "role" or any(mentions(child) for child in node.children)
+
+        return any(mentions(rule) for rule in self.rules())
+
+    @property
+    def aws_style(self) -> bool:
+        """Whether the injector hands the annotation to AWS SDKs as the role to assume."""
+        return self.injector is not None and self.injector.label_value_environment_variable_name == AWS_ROLE_VARIABLE
+
+    @property
+    def subject_template(self) -> str:
+        """The ``sub`` template in force (``token.subject``, else the default for this endpoint)."""
+        if self.token.subject is not None:
+            return self.token.subject
+        return ROLE_SUBJECT if self.aws_style and self.rules_mention_role else DEFAULT_SUBJECT
+
+    @property
+    def role_unenforceable(self) -> bool:
+        """Rules decide on ``role`` but the minted ``sub`` does not carry it (the relying party cannot check)."""
+        return self.rules_mention_role and "{role}" not in self.subject_template
+
     @pydantic.model_validator(mode="after")
     def _tokens_outlived_by_keys(self) -> Endpoint:
         retain = self.issuer.keys.retain_after
@@ -271,8 +348,10 @@ class RuntimeConfig(Model):
     """Namespace the runtime runs in (its Secrets live here)."""
     service_url: str
     """Base URL the sidecars use to reach the token service."""
-    sts_audience: str
-    """Audience of the projected ServiceAccount tokens the sidecars present."""
+    api_audiences: tuple[str, ...] = ()
+    """The cluster's `--api-audiences` beyond the well-known defaults: never a valid `stsAudience`."""
+    sts_audience: Annotated[str, Field(min_length=1)]
+    """Audience of the projected ServiceAccount tokens the sidecars present (never the API server's)."""
     port: int = 8443
     native_sidecars: bool = True
     """Inject the sidecar as a native sidecar (Kubernetes 1.29+)."""
@@ -282,6 +361,14 @@ class RuntimeConfig(Model):
     """Names of our MutatingWebhookConfigurations (kept current in `runtime` TLS mode)."""
     tls: TLS
     endpoints: tuple[Endpoint, ...]
+
+    @pydantic.field_validator("sts_audience")
+    @classmethod
+    def _not_the_api_servers(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        problem = api_server_audience(value, tuple(info.data.get("api_audiences", ())))
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @pydantic.model_validator(mode="after")
     def _one_key_set_per_endpoint(self) -> RuntimeConfig:

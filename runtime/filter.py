@@ -6,6 +6,16 @@ equality, presence (``attr=*``), substrings (``attr=a*b*c``) and ``\\XX`` escape
 Attribute names and values compare case-insensitively (``caseIgnoreMatch``), which is
 what an LDAP directory does for the string attributes the seed system exposed.
 
+Matching is defined over printable ASCII only (``U+0020`` to ``U+007E``), so that no
+look-alike character can slip past a negation: ``(!(role=*admin*))`` must not admit
+``ADM\u0130N`` (Turkish dotted capital I) or ``\u0430dmin`` (Cyrillic a). Hence:
+
+- a filter whose assertion values hold anything else is refused by ``parse`` (it could
+  never match);
+- when any attribute value of the caller is outside printable ASCII, the whole filter is
+  false, whatever its negations say: such a caller is denied by every rule;
+- case folding is ASCII folding (``A-Z`` to ``a-z``) and nothing else.
+
     >>> parse("(&(namespace=myns)(!(saname=default)))").matches({"namespace": "myns", "saname": "app"})
     True
 """
@@ -16,13 +26,19 @@ import dataclasses
 import re
 from collections.abc import Mapping
 
-__all__ = ["Filter", "FilterError", "parse"]
+__all__ = ["Filter", "FilterError", "parse", "printable_ascii"]
 
 # RFC 4512 attribute description: keystring (ALPHA *(ALPHA / DIGIT / "-")) with options,
 # or a numeric OID. Options (";lang-en") are accepted and ignored for matching.
 _ATTR = re.compile(r"(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)(?:;[A-Za-z0-9-]+)*")
 _MAX_DEPTH = 32
 _MAX_LENGTH = 4096
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+def printable_ascii(value: str) -> bool:
+    """Whether ``value`` holds only printable ASCII (the only values a filter can match)."""
+    return _PRINTABLE.fullmatch(value) is not None
 
 
 class FilterError(ValueError):
@@ -48,8 +64,16 @@ class Filter:
     children: tuple[Filter, ...] = ()
 
     def matches(self, attributes: Attributes) -> bool:
-        """Evaluate over ``attributes`` (names matched case-insensitively, missing = absent)."""
-        return self._eval({k.lower(): v for k, v in attributes.items()})
+        """Evaluate over ``attributes`` (names matched case-insensitively, missing = absent).
+
+        False, whatever the filter, when any value is outside printable ASCII (module docstring).
+        """
+        lowered: dict[str, str | None] = {}
+        for name, value in attributes.items():
+            if value is not None and not printable_ascii(value):
+                return False
+            lowered[name.lower()] = value
+        return self._eval(lowered)
 
     def _eval(self, attrs: Mapping[str, str | None]) -> bool:
         if self.op == "&":
@@ -64,8 +88,8 @@ class Filter:
         if self.op == "=*":
             return True
         if self.op == "=":
-            return actual.casefold() == self.value.casefold()
-        return _substring_match(actual.casefold(), self.parts)
+            return actual.lower() == self.value.lower()
+        return _substring_match(actual.lower(), self.parts)
 
     def __str__(self) -> str:
         if self.op in "&|!":
@@ -165,6 +189,7 @@ class _Parser:
         if self.text.startswith(":", self.pos):
             raise FilterError("extensible matches are not supported", self.pos)
         self.expect("=")
+        value_start = self.pos
         parts: list[str] = [""]
         starred = False
         while self.pos < len(self.text) and self.text[self.pos] != ")":
@@ -180,13 +205,19 @@ class _Parser:
             else:
                 parts[-1] += char
                 self.pos += 1
+        for part in parts:
+            if not printable_ascii(part):
+                raise FilterError(
+                    "values are matched as printable ASCII only; a value with other characters can never match",
+                    value_start,
+                )
         if not starred:
             return Filter("=", attribute, parts[0])
         if parts == ["", ""]:
             return Filter("=*", attribute)
         if any(p == "" for p in parts[1:-1]):
             raise FilterError("a substring filter cannot contain '**'", self.pos)
-        folded: tuple[str | None, ...] = tuple(p.casefold() for p in parts)
+        folded: tuple[str | None, ...] = tuple(p.lower() for p in parts)
         return Filter("~sub", attribute, parts=folded)
 
     def escaped(self) -> str:

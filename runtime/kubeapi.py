@@ -258,6 +258,25 @@ class KubeAPI:
         """The API server's ``gitVersion`` (readable by any client; used as a liveness probe)."""
         return str(self.request("GET", "/version").get("gitVersion", ""))
 
+    # -- service-account issuer discovery ----------------------------------------------------
+
+    def service_account_issuer(self) -> tuple[str, dict[str, Any]]:
+        """The cluster's service-account token issuer and its JWKS, from the API server itself.
+
+        Both documents are readable by every ServiceAccount (the default
+        ``system:service-account-issuer-discovery`` ClusterRoleBinding). The JWKS is fetched
+        from this client's own host at ``/openid/v1/jwks``, never from the discovery document's
+        ``jwks_uri``, whose host is the API server's advertise address (often unreachable from a Pod).
+        """
+        discovery = self.request("GET", "/.well-known/openid-configuration")
+        issuer = discovery.get("issuer")
+        if not isinstance(issuer, str) or not issuer:
+            raise APIError(200, "BadResponse", "the service-account issuer discovery document has no issuer")
+        jwks = self.request("GET", "/openid/v1/jwks", accept="application/jwk-set+json, application/json")
+        if not isinstance(jwks.get("keys"), list):
+            raise APIError(200, "BadResponse", "the service-account JWKS has no 'keys' list")
+        return issuer, jwks
+
     # -- TokenReview -------------------------------------------------------------------------
 
     def token_review(self, token: str, audiences: Sequence[str]) -> Review:

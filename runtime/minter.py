@@ -2,9 +2,10 @@
 
 Header ``alg``, ``kid`` (the key's RFC 7638 thumbprint), ``typ: JWT``. Claims: ``iss`` (the
 issuer URL, byte-identical to the discovery document's ``issuer``), ``aud`` (the endpoint's
-audience), ``sub`` (the endpoint's template, default ``<cluster>:<namespace>:<saname>``),
-``iat``/``nbf``/``exp`` as integers, ``jti`` (128 random bits), ``cluster``, ``namespace``,
-``saname`` and, when enabled, AWS session tags under ``https://aws.amazon.com/tags``.
+audience), ``sub`` (``config.Endpoint.subject_template``: default ``<cluster>:<namespace>:<saname>``,
+with ``:<role>`` appended for AWS endpoints whose rules decide on the role, so the relying party
+can enforce that decision), ``iat``/``nbf``/``exp`` as integers, ``jti`` (128 random bits),
+``cluster``, ``namespace``, ``saname`` and, when enabled, AWS session tags under ``https://aws.amazon.com/tags``.
 
 The compact serialization (RFC 7515 section 7.1) is built here: the header is encoded once per
 key, the claims with orjson, and the loaded key signs (``keyset.Key.sign``). A general JWT
@@ -55,7 +56,7 @@ class Minter:
         self.issuer = endpoint.issuer.url
         self.audience = endpoint.audience
         self.lifetime = endpoint.token.lifetime
-        self.template = endpoint.token.subject
+        self.template = endpoint.subject_template
         self.session_tags = endpoint.token.aws_session_tags
         self.clock = clock
         self._headers: dict[str, bytes] = {}

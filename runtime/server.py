@@ -10,11 +10,11 @@ Routes, for every endpoint of the runtime config under its ``path``:
 
 and ``GET /healthz``, ``/readyz`` (config and keys loaded, API server answered) and ``/metrics``.
 
-A caller is validated once per token and then cached for ``cache_ttl`` seconds (never past the
-token's ``exp``; keyed by a SHA-256 of the token; bounded): a TokenReview for the STS audience
-that must come back authenticated, with our audience in ``status.audiences`` and a Pod binding,
-then a metadata-only read of the bound Pod whose uid must match. API server calls run on a
-thread pool with a timeout; when it cannot be reached the answer is 503 with ``Retry-After``.
+Callers are validated by ``callers.Callers``: the token's signature, issuer and audience are
+checked locally against the cluster's own service-account keys first, so that only tokens the
+cluster really signed cost a TokenReview (audience, Pod binding) and a metadata-only read of the
+bound Pod; answers and refusals are cached briefly. API server calls run on a thread pool with a
+timeout; when it cannot be reached the answer is 503 with ``Retry-After``.
 
 Errors are JSON ``{"error": "<stable code>", "message": "..."}``: 400 malformed request, 401
 token problems (``missing_token``, ``malformed_token``, ``token_expired``, ``wrong_audience``,
@@ -41,17 +41,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
-import collections
 import concurrent.futures
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import pathlib
-import re
 import ssl
 import sys
 import threading
@@ -65,6 +59,7 @@ import uvicorn
 
 from kube_sts.runtime import (
     authorizer,
+    callers,
     config,
     issuer,
     keymanager,
@@ -98,7 +93,7 @@ log = logging.getLogger("kube_sts.server")
 CONFIG_PATH = pathlib.Path("/etc/kube-sts/config.json")
 MAX_BODY = 64 * 1024
 MAX_HEADERS = 32 * 1024
-MAX_TOKEN = 16 * 1024
+MAX_TOKEN = callers.MAX_TOKEN
 RETRY_AFTER = "5"
 API_PROBE_INTERVAL = 30.0
 
@@ -141,83 +136,9 @@ class KeySource(Protocol):
     def status(self) -> tuple[bool, tuple[str, ...]]: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Identity:
-    """A validated caller: a ServiceAccount token bound to a live Pod."""
-
-    namespace: str
-    saname: str
-    pod: str
-    pod_uid: str
-    annotations: Mapping[str, str]
-    token_expires: int
-
-
-class _ReviewCache:
-    """Validated identities by token digest, each until a deadline; least recently used dropped."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: collections.OrderedDict[bytes, tuple[Identity, float]] = collections.OrderedDict()
-
-    def get(self, digest: bytes, now: float) -> Identity | None:
-        entry = self._entries.get(digest)
-        if entry is None:
-            return None
-        if now >= entry[1]:
-            del self._entries[digest]
-            return None
-        self._entries.move_to_end(digest)
-        return entry[0]
-
-    def put(self, digest: bytes, identity: Identity, until: float) -> None:
-        if self.size <= 0:
-            return
-        self._entries[digest] = (identity, until)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def _b64json(segment: str) -> Any:
-    padded = segment + "=" * (-len(segment) % 4)
-    return json.loads(base64.urlsafe_b64decode(padded))
-
-
-_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-
-
-def bearer_token(header: str | None) -> str:
-    """The token of an ``Authorization: Bearer`` header, or an ``HTTPError`` 401.
-
-    Only the header's shape is checked here; whether the token is a JWT is checked when it is
-    not in the review cache (a cached token was checked when it was first seen).
-    """
-    if not header:
-        raise HTTPError(401, "missing_token", "send the ServiceAccount token as 'Authorization: Bearer <token>'")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPError(401, "malformed_token", "the Authorization header is not 'Bearer <token>'")
-    if len(token) > MAX_TOKEN:
-        raise HTTPError(413, "header_too_large", f"the token is longer than {MAX_TOKEN} bytes")
-    return token
-
-
-def unverified_claims(token: str) -> Mapping[str, Any]:
-    """The payload of a JWT without checking it: used only to reject early, never to accept."""
-    if _JWT.fullmatch(token) is None:
-        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT")
-    try:
-        claims = _b64json(token.split(".")[1])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT") from None
-    if not isinstance(claims, dict):
-        raise HTTPError(401, "malformed_token", "the bearer token is not a JWT")
-    return claims
+Identity = callers.Identity
+bearer_token = callers.bearer_token
+unverified_claims = callers.unverified_claims
 
 
 class AuditTrail:
@@ -303,11 +224,8 @@ class App:
         self.kube = kube
         self.keys = keys
         self.clock = clock
-        self.cache_ttl = cache_ttl
         self.api_timeout = api_timeout
         self.executor = concurrent.futures.ThreadPoolExecutor(api_threads, thread_name_prefix="kube-sts-api")
-        self.cache = _ReviewCache(cache_size)
-        self._validating: dict[bytes, asyncio.Future[tuple[Identity | None, HTTPError | None]]] = {}
         self.routes: dict[str, dict[str, _Route]] = {}
         self._public_jwks: dict[str, dict[str, str]] = {}
         self.on_startup: list[Callable[[], object]] = []
@@ -327,17 +245,25 @@ class App:
             "kube_sts_token_decisions_total", "Token requests by endpoint, decision and reason.",
             ("endpoint", "decision", "reason"),
         )  # fmt: skip
-        self._m_cache = self.registry.counter(
-            "kube_sts_token_review_cache_total",
-            "Caller validations: from the cache (hit), shared with a concurrent request (shared), or new (miss).",
-            ("result",),
-        )
         self._m_api = self.registry.counter(
             "kube_sts_apiserver_requests_total", "Kubernetes API calls by call and outcome.", ("call", "outcome")
         )
         self._m_api_duration = self.registry.histogram(
             "kube_sts_apiserver_request_duration_seconds", "Kubernetes API call latency.", ("call",)
         )
+        self.callers = callers.Callers(
+            runtime,
+            kube,
+            call=self._call,
+            executor=self.executor,
+            registry=self.registry,
+            clock=clock,
+            cache_ttl=cache_ttl,
+            cache_size=cache_size,
+            api_timeout=api_timeout,
+        )
+        self.on_startup.append(self.callers.start)
+        self.readiness_checks.append(self.callers.status)
         self.endpoints: dict[str, _Endpoint] = {}
         for endpoint in runtime.endpoints:
             state = _Endpoint(endpoint, authorizer.Authorizer(endpoint), minter.Minter(endpoint, clock))
@@ -532,74 +458,8 @@ class App:
     # -- token exchange ------------------------------------------------------------------------
 
     async def identity(self, token: str) -> Identity:
-        """Validate ``token`` (TokenReview, Pod binding, live Pod) or raise a 401/503 ``HTTPError``.
-
-        Answers come from the cache when they can; concurrent requests with the same uncached
-        token share one validation instead of each sending a TokenReview.
-        """
-        now = self.clock()
-        digest = hashlib.sha256(token.encode("latin-1")).digest()
-        cached = self.cache.get(digest, now)
-        if cached is not None:
-            self._m_cache.inc("hit")
-            return cached
-        pending = self._validating.get(digest)
-        if pending is not None:
-            self._m_cache.inc("shared")
-            identity, error = await asyncio.shield(pending)
-            if error is not None:
-                raise HTTPError(error.status, error.code, error.message, error.headers)
-            if identity is not None:
-                return identity
-            return await self.identity(token)  # the validation was abandoned: try again
-        self._m_cache.inc("miss")
-        outcome: asyncio.Future[tuple[Identity | None, HTTPError | None]] = asyncio.get_running_loop().create_future()
-        self._validating[digest] = outcome
-        try:
-            identity = await self._validate(token, now)
-        except HTTPError as exc:
-            outcome.set_result((None, exc))
-            raise
-        else:
-            self.cache.put(digest, identity, min(self.clock() + self.cache_ttl, float(identity.token_expires)))
-            outcome.set_result((identity, None))
-            return identity
-        finally:
-            del self._validating[digest]
-            if not outcome.done():  # cancelled or failed unexpectedly: waiters validate themselves
-                outcome.set_result((None, None))
-
-    async def _validate(self, token: str, now: float) -> Identity:
-        claims = unverified_claims(token)
-        expires = claims.get("exp")
-        if not isinstance(expires, int) or isinstance(expires, bool):
-            raise HTTPError(401, "malformed_token", "the token has no integer 'exp' claim")
-        if expires <= now:
-            raise HTTPError(401, "token_expired", "the ServiceAccount token has expired")
-        audience = self.runtime.sts_audience
-        claimed = claims.get("aud")
-        claimed_list = [claimed] if isinstance(claimed, str) else claimed if isinstance(claimed, list) else []
-        if audience not in claimed_list:
-            raise HTTPError(401, "wrong_audience", f"the token's audience must be {audience!r}")
-        review = await self._call("tokenreview", self.kube.token_review, token, [audience])
-        if not review.authenticated:
-            raise HTTPError(401, _review_failure(review.error), "the API server did not accept the token")
-        if audience not in review.audiences:
-            raise HTTPError(401, "wrong_audience", f"the token's audience must be {audience!r}")
-        account = review.service_account
-        if account is None:
-            raise HTTPError(401, "invalid_token", "the token does not belong to a ServiceAccount")
-        pod_name, pod_uid = review.pod_name, review.pod_uid
-        if pod_name is None or pod_uid is None:
-            raise HTTPError(401, "unbound_token", "the token is not bound to a Pod; use a projected token")
-        namespace, saname = account
-        try:
-            pod = await self._call("pod", self.kube.pod_metadata, namespace, pod_name)
-        except kubeapi.NotFoundError:
-            raise HTTPError(401, "pod_not_found", "the token's Pod no longer exists") from None
-        if pod.uid != pod_uid:
-            raise HTTPError(401, "pod_mismatch", "the token's Pod no longer exists (its name is reused)")
-        return Identity(namespace, saname, pod_name, pod_uid, pod.annotations, expires)
+        """Validate ``token`` (``callers.Callers.identity``) or raise a 401/503 ``HTTPError``."""
+        return await self.callers.identity(token)
 
     async def _token(self, state: _Endpoint, request: Request) -> Response:
         endpoint = state.config.name
@@ -613,7 +473,7 @@ class App:
                 namespace=identity.namespace,
                 saname=identity.saname,
                 pod=identity.pod,
-                role=authorizer.role_of(state.config, identity.annotations),
+                role=authorizer.role_of(state.config, identity.role_annotations),
                 endpoint=endpoint,
             )
             if not state.authorizer.allows(subject):
@@ -686,16 +546,6 @@ class App:
 
     async def _metrics(self, request: Request) -> Response:
         return Response(200, self.registry.render(), metrics.CONTENT_TYPE)
-
-
-def _review_failure(error: str) -> str:
-    """A stable code for an unauthenticated TokenReview (the API server's text is not stable)."""
-    lowered = error.lower()
-    if "expired" in lowered:
-        return "token_expired"
-    if "audience" in lowered:
-        return "wrong_audience"
-    return "invalid_token"
 
 
 async def _drain(receive: Receive) -> None:
@@ -805,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runtime = config.RuntimeConfig.model_validate_json(args.config.read_bytes())
     except (OSError, ValueError) as exc:
-        print(f"kube-sts-server: cannot load {args.config}: {exc}", file=sys.stderr)
+        print(f"kube-sts-server: cannot load {args.config}: {config.one_line(exc)}", file=sys.stderr)
         return 1
     try:
         kube = kubeapi.KubeAPI.from_environment()

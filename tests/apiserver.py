@@ -2,6 +2,11 @@
 
 It serves on 127.0.0.1 (plain HTTP, one thread per connection) from an in-memory object store:
 
+- ``GET /.well-known/openid-configuration`` and ``GET /openid/v1/jwks``: the service-account
+  issuer discovery, as the real API server serves it (issuer
+  ``https://kubernetes.default.svc.cluster.local``, ``jwks_uri`` on the advertise address); the
+  JWKS holds the RS256 and ES256 keys ``issue_token`` signs with. ``discovery_outage`` set to an
+  HTTP status (e.g. 403, as when the discovery binding is removed) makes both answer it.
 - ``POST /apis/authentication.k8s.io/v1/tokenreviews`` answers from a table of tokens that the
   test fills with ``add_token`` / ``issue_token``. Audiences behave as in the real API server:
   ``status.audiences`` is the intersection of ``spec.audiences`` (or the API server's own
@@ -54,8 +59,20 @@ from typing import Any
 
 import jsonpatch
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _public_jwk_json(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return str(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    return str(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+
+
 PARTIAL = "PartialObjectMetadata"
 
 # plural -> (apiVersion, kind, namespaced)
@@ -195,7 +212,12 @@ class APIServer:
         self.api_audiences = API_AUDIENCES
         self._version = itertools.count(1000)
         self._lock = threading.RLock()
-        self._signing_key = uuid.uuid4().hex
+        self.issuer = ISSUER
+        self.discovery_outage: int | None = None
+        self.signing_keys: dict[str, tuple[str, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey]] = {
+            "RS256": (f"rsa-{uuid.uuid4().hex[:12]}", _RSA_KEY),
+            "ES256": (f"ec-{uuid.uuid4().hex[:12]}", _EC_KEY),
+        }
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -324,8 +346,9 @@ class APIServer:
         audiences: Sequence[str] = API_AUDIENCES,
         lifetime: int = 3600,
         expires: int | None = None,
+        algorithm: str = "RS256",
     ) -> str:
-        """A JWT shaped like a projected ServiceAccount token, registered in the review table.
+        """A projected ServiceAccount token signed with the double's key, registered in the review table.
 
         ``pod`` (a stored Pod) binds the token to it; without it the token is unbound.
         """
@@ -340,16 +363,26 @@ class APIServer:
             "exp": exp,
             "iat": now,
             "nbf": now,
-            "iss": "https://kubernetes.default.svc.cluster.local",
+            "iss": self.issuer,
             "jti": jti,
             "sub": f"system:serviceaccount:{namespace}:{service_account}",
             "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": service_account, "uid": sa_uid}},
         }
         if pod is not None:
             claims["kubernetes.io"]["pod"] = {"name": pod_name, "uid": pod_uid}
-        token = jwt.encode(claims, self._signing_key, algorithm="HS256")
+        kid, key = self.signing_keys[algorithm]
+        token = jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
         entry = TokenEntry(namespace, service_account, tuple(audiences), exp, pod_name, pod_uid, sa_uid, f"JTI={jti}")
         return self.add_token(token, entry)
+
+    def jwks(self) -> dict[str, Any]:
+        """The service-account JWKS (``/openid/v1/jwks``)."""
+        keys = []
+        for kid, key in self.signing_keys.values():
+            jwk: dict[str, Any] = json.loads(_public_jwk_json(key))
+            jwk.update({"kid": kid, "use": "sig", "alg": "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"})
+            keys.append(jwk)
+        return {"keys": keys}
 
     def requests_to(self, path_prefix: str, method: str | None = None) -> list[Recorded]:
         with self._lock:
@@ -374,6 +407,19 @@ class APIServer:
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         if path == "/version" and method == "GET":
             return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}
+        if path in ("/.well-known/openid-configuration", "/openid/v1/jwks") and method == "GET":
+            if self.discovery_outage is not None:
+                code = self.discovery_outage
+                raise _Failure(code, "Forbidden" if code == 403 else "InternalError", f"{path}: refused ({code})")
+            if path == "/openid/v1/jwks":
+                return 200, self.jwks()
+            return 200, {
+                "issuer": self.issuer,
+                "jwks_uri": "https://10.0.0.1:6443/openid/v1/jwks",
+                "response_types_supported": ["id_token"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+            }
         if path == "/apis/authentication.k8s.io/v1/tokenreviews" and method == "POST":
             return 201, self._token_review(_json_body(body))
         match = _PATH.match(path)

@@ -8,7 +8,15 @@ Like AWS, for each call it:
 3. verifies the signature (jwcrypto) with the JWKS key named by the token's ``kid``
    (RS256/384/512 or ES256/384/512 only), then ``aud`` (a registered client ID), ``exp``,
    ``nbf``/``iat`` and the token length (4 to 20000);
-4. checks the role's trust condition on ``sub`` when one is registered;
+4. evaluates the role's trust policy when one is registered (``policies``: explicit ``Deny``
+   wins, then any matching ``Allow``; ``Principal.Federated`` must name the provider,
+   ``Action`` ``sts:AssumeRoleWithWebIdentity``; conditions ``StringEquals``, ``StringNotEquals``,
+   ``StringLike``, ``StringNotLike`` and their ``...IfExists`` forms on the keys IAM offers for an
+   OIDC provider, ``<provider host>:sub`` and ``<provider host>:aud`` (case-insensitive key names,
+   case-sensitive values; ``*`` and ``?`` wildcards for ``StringLike``; several values of a key
+   are OR-ed, keys and operators AND-ed; a key absent from the request fails every operator but
+   the negated ones and ``IfExists``). Custom claims are not condition keys for IAM, so a
+   condition on one never matches; a bare ``sub`` condition is still ``trust``;
 
 and answers with the real STS XML (credentials, or an ``ErrorResponse`` with
 ``InvalidIdentityToken``, ``ExpiredTokenException``, ``IDPCommunicationError`` or
@@ -20,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import http.server
 import json
+import re
 import secrets
 import ssl
 import threading
@@ -76,6 +86,8 @@ class AWSSTS:
         self.providers: dict[str, Provider] = {}
         self.trust: dict[str, str] = {}
         """role ARN -> the ``sub`` it trusts (roles not listed trust any subject)."""
+        self.policies: dict[str, dict[str, Any]] = {}
+        """role ARN -> its trust policy document (IAM JSON)."""
         self.calls: list[Call] = []
         self.errors: list[tuple[str, str]] = []
         self.leeway = 0
@@ -177,7 +189,13 @@ class AWSSTS:
         trusted = self.trust.get(role_arn)
         if trusted is not None and claims.get("sub") != trusted:
             raise STSError("AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity", 403)
+        policy = self.policies.get(role_arn)
+        if policy is not None and not trust_allows(policy, self.provider_arn(provider), provider.url, claims):
+            raise STSError("AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity", 403)
         return claims, cache_control
+
+    def provider_arn(self, provider: Provider) -> str:
+        return f"arn:aws:iam::{self.account}:oidc-provider/{urllib.parse.urlsplit(provider.url).netloc}"
 
     def assume_role(self, form: dict[str, str]) -> str:
         if form.get("Action") != "AssumeRoleWithWebIdentity":
@@ -212,6 +230,65 @@ class AWSSTS:
             f"<ResponseMetadata><RequestId>{secrets.token_hex(16)}</RequestId></ResponseMetadata>"
             "</AssumeRoleWithWebIdentityResponse>"
         )
+
+
+# -- trust policies (IAM's documented evaluation, for the parts a web identity trust policy uses) --
+
+_OPERATORS = ("StringEquals", "StringNotEquals", "StringLike", "StringNotLike")
+
+
+def _like(pattern: str, value: str) -> bool:
+    """IAM ``StringLike``: ``*`` any run of characters (also none), ``?`` one character, case-sensitive."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _condition(operator: str, wanted: list[str], actual: str | None) -> bool:
+    if_exists = operator.endswith("IfExists")
+    base = operator.removesuffix("IfExists")
+    if base not in _OPERATORS:
+        raise STSError("MalformedPolicyDocument", f"unsupported condition operator {operator}")
+    if actual is None:
+        return if_exists or base.startswith("StringNot")
+    if base in ("StringEquals", "StringNotEquals"):
+        hit = any(actual == w for w in wanted)
+    else:
+        hit = any(_like(w, actual) for w in wanted)
+    return not hit if base.startswith("StringNot") else hit
+
+
+def trust_allows(policy: dict[str, Any], provider_arn: str, provider_url: str, claims: dict[str, Any]) -> bool:
+    """Whether ``policy`` lets a web identity with ``claims`` from ``provider_arn`` assume the role."""
+    host = urllib.parse.urlsplit(provider_url).netloc
+    audiences = _list(claims.get("aud"))
+    context = {  # the condition keys IAM fills for an OIDC provider (":aud" is azp when present)
+        f"{host}:sub".lower(): claims.get("sub") if isinstance(claims.get("sub"), str) else None,
+        f"{host}:aud".lower(): str(claims.get("azp") or (audiences[0] if audiences else "")) or None,
+    }
+    allowed = False
+    for statement in _list(policy.get("Statement", [])):
+        principal = statement.get("Principal", {})
+        federated = _list(principal.get("Federated", [])) if isinstance(principal, dict) else []
+        actions = _list(statement.get("Action", []))
+        if provider_arn not in federated or not any(
+            fnmatch.fnmatchcase("sts:AssumeRoleWithWebIdentity", a) for a in actions
+        ):
+            continue
+        matches = True
+        for operator, keys in (statement.get("Condition") or {}).items():
+            for key, wanted in keys.items():
+                if not _condition(operator, [str(w) for w in _list(wanted)], context.get(key.lower())):
+                    matches = False
+        if not matches:
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        allowed = allowed or statement.get("Effect") == "Allow"
+    return allowed
 
 
 def error_xml(error: STSError) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import jwt
 import pytest
 
-from kube_sts.runtime import kubeapi, minter, server
+from kube_sts.runtime import callers, kubeapi, minter, server
 from tests import apiserver
 from tests.runtime import harness
 
@@ -60,7 +60,7 @@ def test_exchange_mints_a_token(
     assert header["kid"] == app.keys.provider("aws").signing_key().kid
     assert claims["iss"] == "https://issuer.example"
     assert claims["aud"] == "sts.amazonaws.com"
-    assert claims["sub"] == "test-cluster:myns:app"
+    assert claims["sub"] == f"test-cluster:myns:app:{ROLE}"  # the rules decide on role: sub carries it
     assert (claims["cluster"], claims["namespace"], claims["saname"]) == ("test-cluster", "myns", "app")
     assert claims["exp"] == body["expires_at"] == claims["iat"] + 3600 and claims["nbf"] == claims["iat"]
     assert all(type(claims[c]) is int for c in ("iat", "nbf", "exp"))
@@ -85,8 +85,8 @@ def test_review_is_cached_briefly(api_server: apiserver.APIServer, app: server.A
     assert first.json()["token"] != second.json()["token"]  # a fresh jti each time
     assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 1
     assert len(api_server.requests_to("/api/v1/namespaces/myns/pods/app-1")) == 1
-    app.cache_ttl = 0.0
-    app.cache = server._ReviewCache(10)
+    app.callers.cache_ttl = 0.0
+    app.callers.cache = callers.ReviewCache(10)
     exchange(app, token)
     exchange(app, token)
     assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 3
@@ -102,8 +102,8 @@ def test_concurrent_requests_share_one_validation(api_server: apiserver.APIServe
     assert all(identity == identities[0] for identity in identities)
     assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 1
     assert len(api_server.requests_to("/api/v1/namespaces/myns/pods/app-1")) == 1
-    assert app._m_cache.value("shared") == 11 and app._m_cache.value("miss") == 1
-    assert not app._validating
+    assert app.callers.m_cache.value("shared") == 11 and app.callers.m_cache.value("miss") == 1
+    assert not app.callers._validating
 
 
 def test_concurrent_requests_share_a_refusal(api_server: apiserver.APIServer, app: server.App) -> None:
@@ -116,21 +116,21 @@ def test_concurrent_requests_share_a_refusal(api_server: apiserver.APIServer, ap
     outcomes = asyncio.run(burst())
     assert [(o.status, o.code) for o in outcomes if isinstance(o, server.HTTPError)] == [(401, "invalid_token")] * 5
     assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 1
-    assert not app._validating and len(app.cache) == 0
+    assert not app.callers._validating and len(app.callers.cache) == 0
 
 
 def test_cache_never_outlives_the_token(api_server: apiserver.APIServer, app: server.App) -> None:
     token = pod_token(api_server, expires=int(time.time()) + 2)
     assert exchange(app, token).status == 200
-    digest = next(iter(app.cache._entries))
-    assert app.cache._entries[digest][1] <= int(time.time()) + 2
+    digest = next(iter(app.callers.cache._entries))
+    assert app.callers.cache._entries[digest][1] <= int(time.time()) + 2
 
 
 def test_cache_is_bounded() -> None:
-    cache = server._ReviewCache(2)
-    identity = server.Identity("ns", "sa", "p", "u", {}, 0)
+    cache = callers.ReviewCache(2)
+    identity = server.Identity("ns", "sa", "p", "u", (), 0)
     for index in range(5):
-        cache.put(bytes([index]), identity, 100.0)
+        cache.put(bytes([index]), identity, 100.0, 0.0)
     assert len(cache) == 2
     assert cache.get(bytes([4]), 1.0) is identity and cache.get(bytes([0]), 1.0) is None
     assert cache.get(bytes([4]), 100.0) is None
@@ -190,6 +190,7 @@ def test_deleted_pod_is_401(api_server: apiserver.APIServer, app: server.App) ->
     answer = exchange(app, token)
     assert (answer.status, answer.json()["error"]) == (401, "invalid_token")
     api_server.verify_bindings = False  # the window before the API server notices the deletion
+    app.callers.failures.clear()  # refusals are remembered briefly
     answer = exchange(app, token)
     assert (answer.status, answer.json()["error"]) == (401, "pod_not_found")
 
