@@ -62,6 +62,10 @@ def test_first_start_creates_key_set_ca_and_ca_bundle(runtime: deployment.Runtim
     assert keys is not None and tls is not None
     assert set(tls) >= {"ca.crt", "tls.crt", "tls.key"}
     assert set(runtime.ca_bundles()) == {tls["ca.crt"]}
+    # it reads the cluster's service-account keys through the default issuer-discovery binding
+    # (no fallback to TokenReview alone)
+    status, readiness = runtime.get("/readyz")
+    assert status == 200 and "degraded" not in json.dumps(readiness), readiness
     # the client trusts only the caBundle read back from the API server
     status, documents = runtime.get("/aws/issuer-docs")
     assert status == 200
