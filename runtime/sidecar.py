@@ -22,6 +22,8 @@ parser, so usage messages and exit status 2 are argparse's own.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -59,17 +61,49 @@ def expiry(token: str) -> int | None:
 
 
 def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replaces ``path`` with ``data`` so that a reader sees the old file or the whole new one.
+
+    The temporary file gets a random name in the same directory and is created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a file or symbolic link planted under any name is never
+    opened, let alone written through); every byte is written (short writes are resumed), the size
+    is checked and the file is synced before ``rename`` puts it in place. ``rename`` replaces a
+    symbolic link planted at ``path`` itself, never its target, and afterwards ``path`` must name
+    the very file written. Any failure (``EFBIG`` from a file-size limit, ``ENOSPC``, ...) is an
+    ``OSError`` that leaves the existing file as it was and no temporary file behind.
+    """
     directory = os.path.dirname(path) or "."
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
+        try:
+            descriptor = os.open(temporary, flags, mode)
+        except FileExistsError:
+            continue  # a name taken by chance or planted: draw another
+        break
     try:
-        os.fchmod(descriptor, mode)
-        os.write(descriptor, data)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-    directory_descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fchmod(descriptor, mode)
+            view = memoryview(data)
+            while view:
+                count = os.write(descriptor, view)
+                if count <= 0:
+                    raise OSError(errno.EIO, "a write made no progress")
+                view = view[count:]
+            os.fsync(descriptor)
+            written = os.fstat(descriptor)
+            if written.st_size != len(data):
+                raise OSError(errno.EIO, f"wrote {written.st_size} of {len(data)} bytes")
+            os.rename(temporary, path)
+        finally:
+            os.close(descriptor)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    placed = os.lstat(path)
+    if (placed.st_dev, placed.st_ino) != (written.st_dev, written.st_ino):
+        raise OSError(errno.EEXIST, f"{path} was replaced while it was written")
+    directory_descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory_descriptor)
     finally:
@@ -413,6 +447,8 @@ class Stop:
 
 
 def run(args: Options, stop: Stop) -> int:
+    # A file-size limit must fail the write with EFBIG (the last good token stays), not kill us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     context = _context(args)
     backoff = 1.0
     attempts = 0
