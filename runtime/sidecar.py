@@ -21,6 +21,7 @@ parser, so usage messages and exit status 2 are argparse's own.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import errno
@@ -31,11 +32,11 @@ import socket
 import ssl
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
     from typing import NoReturn
 
 __all__ = ["Options", "expiry", "main", "parse_arguments", "write_atomically"]
@@ -111,7 +112,7 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
 
 
 class Options:
-    """The command line: the same attributes argparse's namespace has."""
+    """The command line (the attributes argparse reads, typed)."""
 
     url: str | None = None
     service_account_token: str | None = None
@@ -124,23 +125,14 @@ class Options:
     check: bool = False
 
 
-_VALUE_OPTIONS = {
-    "--url": "url",
-    "--service-account-token": "service_account_token",
-    "--token-file": "token_file",
-    "--ca-file": "ca_file",
-    "--ca-env": "ca_env",
-    "--refresh-fraction": "refresh_fraction",
-    "--max-backoff": "max_backoff",
-}
-_FLAG_OPTIONS = {"--once": "once", "--check": "check"}
-_FLOAT_OPTIONS = frozenset({"refresh_fraction", "max_backoff"})
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A usage error is one line on stderr (what a crash loop's log shows) and exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    import argparse  # noqa: PLC0415 (only for --help and usage errors: argparse and gettext cost memory)
-
-    parser = argparse.ArgumentParser(prog="kube-sts-sidecar", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="kube-sts-sidecar", description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="https://.../<endpoint path>/token")
     parser.add_argument("--service-account-token", help="projected ServiceAccount token file")
     parser.add_argument("--token-file", required=True, help="where the minted token is written")
@@ -153,52 +145,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> NoReturn:
-    """argparse's usage error: the usage line and the message on stderr, exit status 2."""
-    _parser().error(message)
+_NAMES = ("url", "service_account_token", "token_file", "ca_file", "ca_env", "refresh_fraction", "max_backoff")
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> Options:
-    """The command line as argparse reads it, without importing argparse for a well-formed one.
-
-    Accepted here: each option spelled out in full, a value option followed by a separate value
-    that does not start with ``-``, numbers that ``float`` reads, ``--token-file`` given. argparse
-    reads exactly those the same way; everything else is handed to it (help, errors, exit 2).
-    """
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    """The command line; a usage error is one line on stderr and exit status 2."""
+    parser = _parser()
+    namespace = parser.parse_args(argv)
     options = Options()
-    token_file = False
-    index = 0
-    while index < len(arguments):
-        argument = arguments[index]
-        flag = _FLAG_OPTIONS.get(argument)
-        if flag is not None:
-            setattr(options, flag, True)
-            index += 1
-            continue
-        name = _VALUE_OPTIONS.get(argument)
-        if name is None or index + 1 >= len(arguments) or arguments[index + 1].startswith("-"):
-            return _parse_with_argparse(arguments)
-        value: str | float = arguments[index + 1]
-        if name in _FLOAT_OPTIONS:
-            try:
-                value = float(value)
-            except ValueError:
-                return _parse_with_argparse(arguments)
-        setattr(options, name, value)
-        token_file = token_file or name == "token_file"
-        index += 2
-    if not token_file:
-        return _parse_with_argparse(arguments)
-    return options
-
-
-def _parse_with_argparse(arguments: list[str]) -> Options:
-    namespace = _parser().parse_args(arguments)
-    options = Options()
-    for name in (*_VALUE_OPTIONS.values(), *_FLAG_OPTIONS.values()):
+    for name in (*_NAMES, "once", "check"):
         setattr(options, name, getattr(namespace, name))
+    if not options.check:
+        if not options.url or not options.service_account_token:
+            parser.error("--url and --service-account-token are required unless --check")
+        if not 0.1 <= options.refresh_fraction <= 0.9:
+            parser.error("--refresh-fraction must be between 0.1 and 0.9")
+        if not 0.1 <= options.max_backoff <= 3600:
+            parser.error("--max-backoff must be between 0.1 and 3600 seconds")
     return options
+
+
+class ExchangeError(Exception):
+    pass
+
+
+def _fail(message: str) -> NoReturn:
+    """A start-up or configuration error: one line on stderr saying why, exit status 1."""
+    raise SystemExit(f"kube-sts-sidecar: error: {message}")
 
 
 def _context(args: Options) -> ssl.SSLContext:
@@ -206,19 +179,51 @@ def _context(args: Options) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if args.ca_file:
-        context.load_verify_locations(cafile=args.ca_file)
+        where = f"--ca-file {args.ca_file}"
+        try:
+            context.load_verify_locations(cafile=args.ca_file)
+        except ssl.SSLError as exc:
+            _fail(f"{where} holds no valid PEM certificate ({exc.reason or exc})")
+        except OSError as exc:
+            _fail(f"cannot read {where}: {exc.strerror or exc}")
     elif args.ca_env:
+        where = f"variable {args.ca_env} (--ca-env)"
         pem = os.environ.get(args.ca_env, "")
         if not pem.strip():
-            raise SystemExit(f"kube-sts-sidecar: variable {args.ca_env} holds no CA certificate")
-        context.load_verify_locations(cadata=pem)
+            _fail(f"{where} holds no CA certificate")
+        try:
+            context.load_verify_locations(cadata=pem)
+        except ssl.SSLError as exc:
+            _fail(f"{where} holds no valid PEM certificate ({exc.reason or exc})")
+        except (TypeError, ValueError):
+            _fail(f"{where} holds no valid PEM certificate (not ASCII)")
     else:
-        raise SystemExit("kube-sts-sidecar: --ca-file or --ca-env is required")
+        _fail("--ca-file or --ca-env is required")
+    if not context.get_ca_certs():
+        _fail("the CA given by --ca-file or --ca-env holds no CA certificate")
     return context
 
 
-class ExchangeError(Exception):
-    pass
+def configure(args: Options) -> ssl.SSLContext:
+    """Checks everything the exchanges rely on, once at start-up; any problem is ``_fail``.
+
+    Later failures of the same kind (a token file that cannot be read for a moment) are retried,
+    but a Pod whose configuration is wrong must say so in one line and exit, not retry forever.
+    """
+    try:
+        split_url(args.url or "")
+    except ExchangeError:
+        _fail(f"--url {args.url!r} is not an https:// URL with a host (and a port up to 65535)")
+    try:
+        _identity(args)
+    except ExchangeError as exc:
+        _fail(f"--service-account-token {args.service_account_token}: {exc}")
+    directory = os.path.dirname(args.token_file) or "."
+    if not os.path.isdir(directory):
+        _fail(f"--token-file {args.token_file}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        _fail(f"--token-file {args.token_file}: the directory {directory} is not writable")
+    return _context(args)
 
 
 def _printable_ascii(text: str) -> bool:
@@ -226,27 +231,24 @@ def _printable_ascii(text: str) -> bool:
 
 
 def split_url(url: str) -> tuple[str, int, str]:
-    """(host, port, path) of an ``https://`` URL, read as ``urllib.parse.urlsplit`` reads it.
+    """(host, port, path) of an ``https://`` URL as ``urllib.parse.urlsplit`` reads it.
 
     The host is lower-cased and without the brackets of an IPv6 literal; the port defaults to
-    443; the path is ``/`` when empty; user information, query and fragment are dropped.
+    443; the path is ``/`` when empty; user information, query and fragment are dropped. Refused:
+    another scheme, no host, a bad port, and anything outside printable ASCII or with a space
+    (urlsplit would silently drop a CR or LF; such a URL is not what the operator meant).
     """
-    scheme, separator, rest = url.partition("://")
-    if not separator or scheme.lower() != "https" or not _printable_ascii(url) or " " in url:
+    if not _printable_ascii(url) or " " in url:
         raise ExchangeError("--url must be an https:// URL")
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, path = rest[:end], rest[end:].partition("#")[0].partition("?")[0]
-    hostinfo = netloc.rpartition("@")[2]
-    if hostinfo.startswith("["):
-        host, bracket, after = hostinfo[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise ExchangeError("--url must be an https:// URL")
-        port = after[1:]
-    else:
-        host, _, port = hostinfo.partition(":")
-    if not host or (port and not (port.isdigit() and int(port) <= 65535)):
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ExchangeError("--url must be an https:// URL") from None
+    after_bracket = parts.netloc.rpartition("@")[2].partition("]")[2]
+    if parts.scheme != "https" or not host or after_bracket[:1] not in ("", ":"):
         raise ExchangeError("--url must be an https:// URL")
-    return host.lower(), int(port or 0) or 443, path or "/"
+    return host, port or 443, parts.path or "/"
 
 
 class _Reader:
@@ -383,17 +385,25 @@ def post(url: str, authorization: str, context: ssl.SSLContext) -> tuple[int, by
         raise ExchangeError(f"token service unreachable: {exc}") from None
 
 
-def exchange(args: Options, context: ssl.SSLContext) -> tuple[str, int]:
-    """One token exchange: (token, exp)."""
+def _identity(args: Options) -> str:
+    """The projected ServiceAccount token, read afresh (the kubelet rotates it)."""
     try:
         with open(args.service_account_token or "", encoding="ascii") as handle:
             identity = handle.read().strip()
     except OSError as exc:
-        raise ExchangeError(f"cannot read the ServiceAccount token: {exc.strerror}") from None
+        raise ExchangeError(f"cannot read the ServiceAccount token: {exc.strerror or exc}") from None
     except ValueError:
         raise ExchangeError("cannot read the ServiceAccount token: not ASCII") from None
+    if not identity:
+        raise ExchangeError("cannot read the ServiceAccount token: the file is empty")
     if not _printable_ascii(identity):
         raise ExchangeError("cannot read the ServiceAccount token: it holds control characters")
+    return identity
+
+
+def exchange(args: Options, context: ssl.SSLContext) -> tuple[str, int]:
+    """One token exchange: (token, exp)."""
+    identity = _identity(args)
     status, body = post(args.url or "", f"Bearer {identity}", context)
     if status != 200:
         raise ExchangeError(f"token service answered {status}")
@@ -449,7 +459,7 @@ class Stop:
 def run(args: Options, stop: Stop) -> int:
     # A file-size limit must fail the write with EFBIG (the last good token stays), not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    context = _context(args)
+    context = configure(args)
     backoff = 1.0
     attempts = 0
     while not stop.is_set():
@@ -479,11 +489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     if args.check:
         return 0 if valid_on_disk(args.token_file, time.time()) is not None else 1
-    if not args.url or not args.service_account_token:
-        _error("--url and --service-account-token are required unless --check")
-    if not 0.1 <= args.refresh_fraction <= 0.9:
-        _error("--refresh-fraction must be between 0.1 and 0.9")
-    return run(args, Stop())
+    try:
+        return run(args, Stop())
+    except Exception as exc:  # a crash loop must say why in one line, never with a traceback
+        print(f"kube-sts-sidecar: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":
