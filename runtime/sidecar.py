@@ -50,15 +50,24 @@ MAX_LINE = 1024  # a chunk-size line
 SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
-def expiry(token: str) -> int | None:
-    """The ``exp`` claim of a JWT (not verified; only the token service's answer is trusted)."""
+def _numeric(claims: dict[str, object], name: str) -> int | None:
+    value = claims.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _claims(token: str) -> dict[str, object]:
+    """The payload of a JWT (not verified; only the token service's answer is trusted), or {}."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, RecursionError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return exp if isinstance(exp, int) else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def expiry(token: str) -> int | None:
+    """The ``exp`` claim of a JWT (not verified; only the token service's answer is trusted)."""
+    return _numeric(_claims(token), "exp")
 
 
 def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -401,10 +410,45 @@ def _identity(args: Options) -> str:
     return identity
 
 
-def exchange(args: Options, context: ssl.SSLContext) -> tuple[str, int]:
-    """One token exchange: (token, exp)."""
+class Answer:
+    """A minted token, how long it lives and when (monotonic clock) the answer arrived."""
+
+    def __init__(self, token: str, lifetime: float, arrived: float) -> None:
+        self.token = token
+        self.lifetime = lifetime
+        self.arrived = arrived
+
+
+def lifetime_of(document: dict[str, object], claims: dict[str, object], now: float) -> float:
+    """Seconds the token lives, counted from its arrival, without trusting this host's wall clock.
+
+    The answer's ``expires_in`` is a duration measured on the token service's clock, so clock
+    skew between the node and the service does not change it; it is checked against the token's
+    own ``exp - iat`` (also a duration). Only when neither is given is the local clock used,
+    with the answer's ``expires_at`` (which must then agree with ``exp``).
+    """
+    exp = _numeric(claims, "exp")
+    iat = _numeric(claims, "iat")
+    expires_in = _numeric(document, "expires_in")
+    expires_at = _numeric(document, "expires_at")
+    if exp is None:
+        raise ExchangeError("token service answer holds no token with an exp claim")
+    if expires_at is not None and expires_at != exp:
+        raise ExchangeError("token service answer's expires_at disagrees with the token's exp claim")
+    durations = [d for d in (expires_in, None if iat is None else exp - iat) if d is not None]
+    if durations:
+        lifetime = min(durations)
+        if lifetime <= 0:
+            raise ExchangeError("token service answer holds a token that lives no time")
+        return float(lifetime)
+    return max(exp - now, 1.0)
+
+
+def exchange(args: Options, context: ssl.SSLContext) -> Answer:
+    """One token exchange."""
     identity = _identity(args)
     status, body = post(args.url or "", f"Bearer {identity}", context)
+    arrived = time.monotonic()
     if status != 200:
         raise ExchangeError(f"token service answered {status}")
     try:
@@ -412,19 +456,31 @@ def exchange(args: Options, context: ssl.SSLContext) -> tuple[str, int]:
     except (ValueError, RecursionError):
         raise ExchangeError("token service answer is not JSON") from None
     token = document.get("token") if isinstance(document, dict) else None
-    exp = expiry(token) if isinstance(token, str) and token.isascii() else None
-    if not isinstance(token, str) or exp is None:
+    if not isinstance(token, str) or not token.isascii() or not isinstance(document, dict):
         raise ExchangeError("token service answer holds no token with an exp claim")
-    return token, exp
+    return Answer(token, lifetime_of(document, _claims(token), time.time()), arrived)
 
 
 def valid_on_disk(path: str, now: float, margin: int = CHECK_MARGIN) -> int | None:
+    """The token's ``exp`` when the file at ``path`` (never a link) holds a token valid past ``margin``.
+
+    Validity is judged on this host's clock without comparing it with the token service's: the
+    file's modification time (when the sidecar wrote it, as it arrived) plus the token's own
+    lifetime ``exp - iat``; only a token without ``iat`` is judged by ``exp`` alone.
+    """
     try:
-        with open(path, encoding="ascii") as handle:
-            exp = expiry(handle.read().strip())
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(descriptor, encoding="ascii") as handle:
+            written = os.fstat(handle.fileno()).st_mtime
+            claims = _claims(handle.read(MAX_BODY).strip())
     except (OSError, ValueError):
         return None
-    return exp if exp is not None and exp > now + margin else None
+    exp = _numeric(claims, "exp")
+    iat = _numeric(claims, "iat")
+    if exp is None:
+        return None
+    until = written + (exp - iat) if iat is not None and iat < exp else exp
+    return exp if until > now + margin else None
 
 
 def _log(message: str) -> None:
@@ -464,9 +520,8 @@ def run(args: Options, stop: Stop) -> int:
     attempts = 0
     while not stop.is_set():
         try:
-            started = time.time()
-            token, exp = exchange(args, context)
-            write_atomically(args.token_file, token.encode("ascii"))
+            answer = exchange(args, context)
+            write_atomically(args.token_file, answer.token.encode("ascii"))
         except (ExchangeError, OSError) as exc:
             attempts += 1
             _log(f"exchange failed ({exc}); keeping the last token on disk")
@@ -479,9 +534,9 @@ def run(args: Options, stop: Stop) -> int:
         backoff = 1.0
         if args.once:
             return 0
-        lifetime = max(exp - started, 1.0)
-        wait = lifetime * args.refresh_fraction * _jitter(0.9, 1.1)
-        stop.wait(max(wait, 1.0))
+        # Due at the fraction of the lifetime after the answer arrived, on the monotonic clock.
+        due = answer.arrived + answer.lifetime * args.refresh_fraction * _jitter(0.9, 1.1)
+        stop.wait(max(due - time.monotonic(), 1.0))
     return 0
 
 
