@@ -1,22 +1,32 @@
 """``kube-sts-sidecar``: keeps a minted token fresh in a file the application reads.
 
-Standard library only, and only the modules a small resident footprint allows: ssl and socket for
-one HTTP/1.1 POST per exchange (``Connection: close``, a strict response parser bounded in header
-size, body size and time), json for the answer. Each exchange reads the projected ServiceAccount
-token, POSTs it as a bearer token to the token service over TLS (trusting only the given CA,
-verifying the host name) and writes the answer's ``token`` atomically (temporary file in the same
-directory, fsync, rename, fsync of the directory) with mode 0644. It refreshes at
-``--refresh-fraction`` of the lifetime with +-10% jitter; failures back off exponentially (1 s
-doubling to ``--max-backoff``) while the last good token stays on disk. ``--once`` fetches one
-token and exits (init-container fallback); ``--check`` exits 0 when the token file holds a token
-valid for at least 10 more seconds (startup and readiness probes). SIGTERM and SIGINT end the loop
-with exit status 0.
+Standard library only. Each exchange reads the projected ServiceAccount token, POSTs it as a
+bearer token to the token service over TLS (trusting only the given CA, verifying the host name;
+one HTTP/1.1 POST per exchange with ``Connection: close``) and writes the answer's ``token``
+atomically with mode 0644: a new temporary file under a random name in the same directory
+(``O_EXCL | O_NOFOLLOW``, so nothing planted in the shared directory is written through), every
+byte written, size checked, fsync, rename (which replaces a link planted at the final name, never
+its target), fsync of the directory. A write that fails part way (a file-size limit, a full
+volume) leaves the last good token in place. Refreshes are due at ``--refresh-fraction`` of the
+answer's ``expires_in`` (+-10% jitter) after the answer arrived, on the monotonic clock, so skew
+between the node's clock and the token service's changes nothing; failures back off
+exponentially (1 s doubling to ``--max-backoff``) while the last good token stays on disk.
+``--once`` fetches one token and exits (init-container fallback); ``--check`` exits 0 when the
+token file holds a token valid for at least 10 more seconds, judged by when the file was written
+and the token's own lifetime (startup and readiness probes). SIGTERM and SIGINT end the loop with
+exit status 0. A configuration the sidecar cannot work with (CA, ServiceAccount token file, URL,
+token directory, options) ends it at start-up with one line on stderr saying why: exit status 1,
+or 2 for a usage error.
 
-Memory: argparse (with gettext), http.client (with the email package), urllib.parse, random and
-threading are not imported on the normal path. Well-formed command lines are read by a strict
-reader that accepts only what argparse would read the same way; anything else (``--help``,
-abbreviations, ``--opt=value``, a missing or unknown option, a bad number) goes to the argparse
-parser, so usage messages and exit status 2 are argparse's own.
+Why a hand-written HTTP response parser and not ``http.client``: memory. ``bench/sidecar.py``
+(RSS after the first refresh, target 20 MB) measures 19.6 MB with this parser (argparse and
+urllib.parse included) and 21.1 MB when ``http.client`` (which brings the ``email`` package) is
+merely imported as well; with the hand-written argument reader and URL splitter that preceded
+argparse and urllib.parse it was 18.6 MB, and all three standard modules together 20.5 MB. The
+parser is small, strict and bounded (16 KiB of head, 1 MiB of body, one deadline for the whole
+answer, which ``http.client`` has no notion of), and it is fuzzed with arbitrary bytes in
+arbitrary pieces and checked against ``http.client`` on generated well-formed answers
+(``tests/sidecar/test_protocol.py``).
 """
 
 from __future__ import annotations
