@@ -156,11 +156,31 @@ def parse(data: bytes, cuts: list[int]) -> tuple[int, bytes]:
     return sidecar.read_response(sidecar._Reader(connection, time.monotonic() + 60))  # type: ignore[arg-type]
 
 
-PREFIXES = [b"", b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 503 x\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"]
+PREFIXES = [
+    *(b"", b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 503 x\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"),
+    *(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"),
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nabcdefg\r\n",
+]
+FRAGMENTS = [
+    *(b"\r\n", b"\r\n\r\n", b"\n", b"\r", b" ", b":", b";", b"\x00", b"\xff", b"HTTP/1.1 ", b"HTTP/1.0 ", b"200 OK"),
+    *(b"Content-Length: ", b"content-length:", b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip"),
+    *(b"0", b"1", b"7", b"10", b"ff", b"FFFFFFFF", b"-1", b"+1", b"0x1", b"1_0", b"\xd9\xa3", b"x"),
+]
+chunk = st.tuples(
+    st.one_of(st.integers(min_value=0, max_value=17), st.sampled_from([255, 256, 4095]), st.integers(0, 300)),
+    st.sampled_from([b"", b";x=1", b" ", b"\n", b"-"]),
+    st.integers(min_value=-2, max_value=2),  # data shorter or longer than the size says
+    st.sampled_from([b"\r\n", b"", b"\n", b"xx"]),
+).map(lambda c: b"%x%s\r\n%s%s" % (c[0], c[1], b"d" * max(c[0] + c[2], 0), c[3]))
+answers = st.one_of(
+    st.binary(max_size=600),
+    st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=6)), max_size=40).map(b"".join),
+    st.lists(st.one_of(chunk, st.sampled_from(FRAGMENTS)), max_size=8).map(b"".join),
+)
 
 
-@settings(max_examples=1500, deadline=None)
-@given(st.sampled_from(PREFIXES), st.binary(max_size=600), st.lists(st.integers(min_value=0), max_size=6))
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(PREFIXES), answers, st.lists(st.integers(min_value=0), max_size=6))
 def test_any_bytes_are_a_bounded_answer_or_an_exchange_error(prefix: bytes, data: bytes, cuts: list[int]) -> None:
     try:
         status, body = parse(prefix + data, cuts)
@@ -177,6 +197,12 @@ header_names = st.text(TOKEN_CHARACTERS, min_size=1, max_size=12).filter(
 header_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
 
 
+bodies = st.one_of(
+    st.binary(max_size=300),
+    st.tuples(st.binary(min_size=1, max_size=40), st.integers(min_value=1, max_value=250)).map(lambda t: t[0] * t[1]),
+)
+
+
 class BytesSocket:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -190,7 +216,7 @@ class BytesSocket:
     status=st.sampled_from([200, 200, 200, 201, 401, 403, 503]),
     reason=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12),
     headers=st.lists(st.tuples(header_names, header_values), max_size=6),
-    body=st.binary(max_size=3000),
+    body=bodies,
     framing=st.sampled_from(["length", "chunked", "close"]),
     chunks=st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=8),
     extension=st.booleans(),
