@@ -94,6 +94,17 @@ BAD_PEM = "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-
             "--token-file {tmp}/nowhere/token: the directory {tmp}/nowhere does not exist",
         ),
     ],
+    ids=[
+        *("missing-ca-file", "ca-file-is-a-directory", "ca-file-without-pem", "bad-pem-in-variable"),
+        *("garbage-in-variable", "non-ascii-variable", "unset-variable", "no-ca-option"),
+        *(
+            "missing-sa-token",
+            "sa-token-is-a-directory",
+            "sa-token-with-control-characters",
+            "sa-token-is-the-token-directory",
+        ),
+        *("http-url", "url-without-host", "url-port-out-of-range", "url-with-crlf", "missing-token-directory"),
+    ],
 )
 def test_each_bad_input_exits_1_with_one_line(
     tmp_path: pathlib.Path, change: list[str], env: dict[str, str], message: str
