@@ -9,8 +9,11 @@ A ``KeyProvider`` per endpoint answers the token service (``signing_key()``, ``p
   created when absent and rotated on schedule (``rotation``), and a write that loses the
   optimistic-concurrency race is dropped in favour of the winner's key set;
 - with ``wait_for_publication`` the issuer's public JWKS (``https://<host>/certs``) is fetched
-  until it serves every key, and keys it does not serve yet are held back from signing while an
-  older key can still sign.
+  until it serves every key, and a key it does not serve is never used to sign: an older served
+  key keeps signing (rotation extends it), and when none is left (a first deployment, before the
+  documents are uploaded) token requests are refused until the issuer serves the key;
+- a managed key set Secret that disappears while the runtime runs is recreated with the keys the
+  runtime holds (and publishes), so the current key keeps signing and issued tokens keep verifying.
 
 A ``KeyManager`` owns the providers of all endpoints and refreshes them on a background thread.
 Log lines name keys by ``kid`` only; private key material is never logged.
@@ -47,6 +50,8 @@ DATA_KEY = "keyset.json"
 KEYS_DIR = pathlib.Path("/etc/kube-sts/keys")
 PUBLICATION_INTERVAL = 60
 """Seconds between fetches of the issuer's public JWKS while a key is not served yet."""
+PUBLICATION_RETRY = 10
+"""Seconds between fetches while no served key can sign (every refresh, in practice)."""
 REFRESH_INTERVAL = 15.0
 EXPIRY_WARNING = 7 * 86400
 """Provided key sets: warn this long before the last key stops signing."""
@@ -196,9 +201,30 @@ class KeyProvider:
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": [key.public_jwk() for key in self.published()]}
 
+    def waiting(self, snapshot: Snapshot | None = None) -> tuple[keyset.Key, ...]:
+        """Keys that would sign now but are held back, when no served key can sign instead."""
+        current = snapshot or self._snapshot
+        if current.keys is None:
+            return ()
+        now, held = self.now(), self.held(current)
+        if not held or current.keys.candidates(now, held):
+            return ()
+        return current.keys.candidates(now)
+
     def status(self) -> tuple[bool, str]:
-        """(ready, reason): ready when a key can sign now."""
+        """(ready, reason): ready when a key can sign now, or when the only obstacle is that the
+        issuer does not serve the key yet. Every replica shares the key set and the issuer, so
+        leaving the Service would not route around it; it would only take away the webhook and
+        ``/<endpoint>/issuer-docs``, the documents whose upload ends the wait."""
         problem = self._snapshot.problem
+        waiting = self.waiting()
+        if waiting:
+            kids = ", ".join(key.kid for key in waiting)
+            return True, (
+                f"endpoint {self.endpoint.name}: signs no token until {self.endpoint.issuer.url}/certs serves {kids};"
+                " token requests are refused (503 no_signing_key) until the issuer documents are uploaded"
+                " (`sts-compile issuer-docs`)"
+            )
         try:
             key = self.signing_key()
         except keyset.KeySetError as exc:
@@ -286,6 +312,8 @@ class KeyProvider:
         try:
             found = self.secrets.read(self.namespace, name)
             if found is None:
+                if self._snapshot.keys is not None and self._snapshot.keys.keys:
+                    return self._recreate(name, self._snapshot.keys)
                 return self._create(name)
             data, self._resource_version = found
         except ConflictError:
@@ -323,6 +351,26 @@ class KeyProvider:
         log.info("endpoint %s: created %s (%s)", self.endpoint.name, self._secret_source(), "; ".join(step.changes))
         return self._adopt(data, self._secret_source())
 
+    def _recreate(self, name: str, keys: keyset.KeySet) -> Snapshot:
+        """The Secret disappeared (deleted by hand, a namespace clean-up): write back the keys this
+        runtime holds. They are the ones the issuer publishes, so the current key keeps signing and
+        every token issued keeps verifying; a fresh key would sign tokens no relying party can
+        verify until the next upload."""
+        assert self.secrets is not None
+        data = keyset.dumps(keys)
+        try:
+            self._resource_version = self.secrets.create(self.namespace, name, data)
+        except ConflictError:
+            log.info("endpoint %s: another replica recreated %s first; using its key set", self.endpoint.name, name)
+            return self._refresh_managed_after_conflict(name)
+        log.warning(
+            "endpoint %s: %s had disappeared; recreated it with the keys still published (kids %s)",
+            self.endpoint.name,
+            self._secret_source(),
+            ", ".join(key.kid for key in keys.keys),
+        )
+        return self._adopt(data, self._secret_source())
+
     def _new_key(self, created: int, sign_from: int, sign_until: int) -> keyset.Key:
         return keyset.generate(self.policy.algorithm, created=created, sign_from=sign_from, sign_until=sign_until)
 
@@ -355,7 +403,8 @@ class KeyProvider:
         if not missing:
             return snapshot
         now = self.clock()
-        if self._last_fetch is not None and now - self._last_fetch < PUBLICATION_INTERVAL:
+        interval = PUBLICATION_RETRY if self.waiting(snapshot) else PUBLICATION_INTERVAL
+        if self._last_fetch is not None and now - self._last_fetch < interval:
             return snapshot
         self._last_fetch = now
         url = f"{self.endpoint.issuer.url}/certs"
@@ -374,7 +423,7 @@ class KeyProvider:
         ready, reason = self.status()
         held = self.held(snapshot)
         message = reason
-        if ready and held:
+        if ready and held and not self.waiting(snapshot):
             key = self.signing_key()
             url = f"{self.endpoint.issuer.url}/certs"
             if key.kid in held:
