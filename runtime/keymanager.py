@@ -389,6 +389,19 @@ class KeyProvider:
             log.info("endpoint %s: another replica rotated %s first; reloading it", self.endpoint.name, name)
             return self._check_publication(self._refresh_managed_after_conflict(name))
         except Exception as exc:
+            kept = {key.kid for key in snapshot.keys.keys}
+            if {key.kid for key in step.keyset.keys} <= kept:
+                # Only windows changed (the served key extended while its successor waits) or keys
+                # were pruned: nothing new to publish, so this replica goes on with the change in
+                # memory rather than refuse tokens; it reaches the Secret with the next write.
+                log.warning(
+                    "endpoint %s: cannot write %s (%s); applying %s in memory until it can",
+                    self.endpoint.name,
+                    name,
+                    exc,
+                    "; ".join(step.changes),
+                )
+                return Snapshot(step.keyset, snapshot.served, None)
             log.warning("endpoint %s: cannot write %s (%s); will retry", self.endpoint.name, name, exc)
             return snapshot
         for change in step.changes:

@@ -167,3 +167,34 @@ def test_without_the_keys_in_memory_a_new_key_never_signs_before_the_issuer_serv
     clock.now += keymanager.PUBLICATION_RETRY
     provider.refresh()
     assert signer(provider, issuer) == new
+
+
+def test_an_api_outage_at_the_handover_keeps_the_served_key_signing(
+    api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, tmp_path: pathlib.Path
+) -> None:
+    # The successor is due but not uploaded, and the API server is down, so the extension of the
+    # current key cannot be written: the replica extends it in memory rather than refuse tokens.
+    clock, issuer = Clock(1_000_000), Issuer()
+    provider = replica(kube, tmp_path, issuer, clock)
+    provider.refresh()
+    issuer.upload(provider)
+    clock.now += keymanager.PUBLICATION_RETRY
+    provider.refresh()
+    (first,) = stored_kids(api_server)
+    clock.now += managed().issuer.keys.rotation_period - DAY
+    provider.refresh()  # the successor is added (published in /aws/issuer-docs, not uploaded)
+    successor = stored_kids(api_server)[1]
+    api_server.set_outage("error")
+    clock.now += DAY - 900
+    for _ in range(30):  # an hour of passes, across the successor's signFrom
+        provider.refresh()
+        assert signer(provider, issuer) == first
+        clock.now += 121
+    assert provider.status()[0]
+    api_server.set_outage(None)
+    provider.refresh()
+    assert signer(provider, issuer) == first
+    issuer.upload(provider)
+    clock.now += keymanager.PUBLICATION_INTERVAL
+    provider.refresh()
+    assert signer(provider, issuer) == successor
