@@ -122,7 +122,7 @@ def objects(model: values.Values) -> list[dict[str, Any]]:
         ("service.yaml.j2", {}),
         ("deployment.yaml.j2", {}),
         ("poddisruptionbudget.yaml.j2", {}),
-        ("networkpolicy.yaml.j2", {}),
+        ("networkpolicy.yaml.j2", {"fetches_issuer": any(e.issuer.keys.wait_for_publication for e in sts.endpoints)}),
     ]
     annotations = {} if runtime_tls else {"cert-manager.io/inject-ca-from": f"{sts.namespace}/{sts.tls_secret}"}
     plan += [

@@ -8,6 +8,7 @@ what the runtime runs. ``conflicts`` adds the checks that span several endpoints
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -132,6 +133,44 @@ class Webhook(config.Model):
     """Where the webhook's TLS certificate comes from."""
 
 
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a CIDR block such as '10.0.0.0/16' or '::/0' ({exc})") from None
+
+
+def _some(value: tuple[object, ...]) -> tuple[object, ...]:
+    if not value:
+        raise ValueError("give at least one")
+    return value
+
+
+Cidr = Annotated[str, pydantic.AfterValidator(_cidr)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Cidrs = Annotated[tuple[Cidr, ...], pydantic.AfterValidator(_some)]
+_ANYWHERE: tuple[str, ...] = ("0.0.0.0/0", "::/0")
+
+
+class NetworkPolicy(config.Model):
+    """Where the runtime may connect: the NetworkPolicy's egress rules (ingress is TCP 8443 only)."""
+
+    api_server: Cidrs = _ANYWHERE
+    """Addresses of the Kubernetes API server. Its address depends on the cluster, so the default
+    is any address (on `apiServerPorts` only); narrow it to your control plane, e.g. the addresses
+    `kubectl get endpointslices -l kubernetes.io/service-name=kubernetes` lists."""
+    api_server_ports: Annotated[tuple[Port, ...], pydantic.AfterValidator(_some)] = (443, 6443)
+    """TCP ports of the API server: 443 for the `kubernetes` Service's address and the API server's
+    own port (6443 on most distributions), since CNIs check the policy before or after the
+    Service's address translation."""
+    dns_namespace: config.DnsLabel = "kube-system"
+    """Namespace of the cluster DNS (UDP and TCP 53 to its Pods)."""
+    issuer: Cidrs = _ANYWHERE
+    """Addresses of the issuer hosts (TCP 443), rendered only when an endpoint has
+    `waitForPublication`: the runtime fetches `https://<host>/certs`. A CDN's addresses change, so
+    the default is any address."""
+
+
 class Sts(config.Model):
     """The `sts:` section."""
 
@@ -151,7 +190,9 @@ class Sts(config.Model):
     image: Image = Image()
     """Container image."""
     replicas: Annotated[int, Field(ge=1, le=20)] = 2
-    """Replicas of the token service; at least 2 keeps the fail-closed webhook available."""
+    """Replicas of the token service; at least 2 keeps the fail-closed webhook available. One
+    replica is refused while the webhook fails closed (`webhook.failurePolicy: Fail`): a node drain
+    would evict it and labelled Pods would be refused until it is back."""
     resources: Resources = Resources()
     """Container resources."""
     webhook: Webhook = Webhook()
@@ -160,6 +201,8 @@ class Sts(config.Model):
     """The cluster's API server audiences (`--api-audiences`) beyond the well-known defaults
     (`https://kubernetes.default.svc.cluster.local`, `https://kubernetes.default.svc`, `kubernetes`, ...);
     `stsAudience` may be none of them."""
+    network_policy: NetworkPolicy = NetworkPolicy()
+    """Egress of the token service's NetworkPolicy."""
     sts_audience: Annotated[str, Field(min_length=1)] = "kube-sts"
     """Audience of the projected ServiceAccount token the sidecar presents to the token service
     (never the API server's audience, so neither token can be replayed to the other)."""
@@ -210,7 +253,8 @@ class Conflict:
 
 
 def conflicts(sts: Sts) -> list[Conflict]:
-    """Names, paths, injector labels and key set Secrets must be unique; audiences may repeat."""
+    """Names, paths, injector labels and key set Secrets must be unique; audiences may repeat; one
+    replica only with a webhook that does not fail closed."""
     found: list[Conflict] = []
     seen: dict[tuple[str, str], int] = {}
     for index, endpoint in enumerate(sts.endpoints):
@@ -239,6 +283,18 @@ def conflicts(sts: Sts) -> list[Conflict]:
                     "duplicate-keypair",
                 )
             )
+    injects = any(endpoint.injector is not None for endpoint in sts.endpoints)
+    if sts.replicas == 1 and sts.webhook.failure_policy == "Fail" and injects:
+        found.append(
+            Conflict(
+                ("sts", "replicas"),
+                "one replica and a webhook that fails closed: the PodDisruptionBudget cannot keep a replica"
+                " running through a node drain, and labelled Pods are refused until it is back; set replicas"
+                " to 2 or more, or webhook.failurePolicy to Ignore to let labelled Pods start without an"
+                " identity meanwhile",
+                "single-replica",
+            )
+        )
     return found
 
 

@@ -179,7 +179,9 @@ class KeyManagement(Model):
     publish_lead: Duration = 86400
     """How long a new key is published in the JWKS before it signs (relying parties' caches)."""
     wait_for_publication: bool = True
-    """Hold a new key back from signing until the issuer's public JWKS serves it."""
+    """Sign only with keys the issuer's public JWKS (`https://<host>/certs`) serves: a new key
+    waits for the upload while the current one keeps signing; on a first deployment token
+    requests get 503 until the documents are uploaded."""
     retain_after: Duration | None = None
     """How long a key stays in the JWKS after it stops signing. Default: the token lifetime plus
     5 minutes of clock skew; shorter values are rejected (tokens would outlive their key)."""

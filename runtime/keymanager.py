@@ -9,9 +9,13 @@ A ``KeyProvider`` per endpoint answers the token service (``signing_key()``, ``p
   created when absent and rotated on schedule (``rotation``), and a write that loses the
   optimistic-concurrency race is dropped in favour of the winner's key set;
 - with ``wait_for_publication`` the issuer's public JWKS (``https://<host>/certs``) is fetched
-  until it serves every key, and keys it does not serve yet are held back from signing while an
-  older key can still sign; a key set the runtime cannot write (``provided``) keeps the key that
-  hands over to an unserved successor signing past its window, in memory (``_keep_signing``).
+  until it serves every key, and a key it does not serve is never used to sign: an older served
+  key keeps signing (rotation extends it in a managed Secret; a key set the runtime cannot write,
+  ``provided``, keeps the key that hands over to an unserved successor signing past its window, in
+  memory, ``_keep_signing``), and when none is left (a first deployment, before the documents are
+  uploaded) token requests are refused until the issuer serves the key;
+- a managed key set Secret that disappears while the runtime runs is recreated with the keys the
+  runtime holds (and publishes), so the current key keeps signing and issued tokens keep verifying.
 
 A ``KeyManager`` owns the providers of all endpoints and refreshes them on a background thread.
 Log lines name keys by ``kid`` only; private key material is never logged.
@@ -48,6 +52,8 @@ DATA_KEY = "keyset.json"
 KEYS_DIR = pathlib.Path("/etc/kube-sts/keys")
 PUBLICATION_INTERVAL = 60
 """Seconds between fetches of the issuer's public JWKS while a key is not served yet."""
+PUBLICATION_RETRY = 10
+"""Seconds between fetches while no served key can sign (every refresh, in practice)."""
 REFRESH_INTERVAL = 15.0
 EXPIRY_WARNING = 7 * 86400
 """Provided key sets: warn this long before the last key stops signing."""
@@ -222,9 +228,30 @@ class KeyProvider:
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return {"keys": [key.public_jwk() for key in self.published()]}
 
+    def waiting(self, snapshot: Snapshot | None = None) -> tuple[keyset.Key, ...]:
+        """Keys that would sign now but are held back, when no served key can sign instead."""
+        current = snapshot or self._snapshot
+        if current.keys is None:
+            return ()
+        now, held = self.now(), self.held(current)
+        if not held or current.keys.candidates(now, held):
+            return ()
+        return current.keys.candidates(now)
+
     def status(self) -> tuple[bool, str]:
-        """(ready, reason): ready when a key can sign now."""
+        """(ready, reason): ready when a key can sign now, or when the only obstacle is that the
+        issuer does not serve the key yet. Every replica shares the key set and the issuer, so
+        leaving the Service would not route around it; it would only take away the webhook and
+        ``/<endpoint>/issuer-docs``, the documents whose upload ends the wait."""
         problem = self._snapshot.problem
+        waiting = self.waiting()
+        if waiting:
+            kids = ", ".join(key.kid for key in waiting)
+            return True, (
+                f"endpoint {self.endpoint.name}: signs no token until {self.endpoint.issuer.url}/certs serves {kids};"
+                " token requests are refused (503 no_signing_key) until the issuer documents are uploaded"
+                " (`sts-compile issuer-docs`)"
+            )
         try:
             key = self.signing_key()
         except keyset.KeySetError as exc:
@@ -233,9 +260,9 @@ class KeyProvider:
         note = f"; last reload failed: {problem}" if problem else ""
         kept = self._snapshot.kept
         if kept is not None and kept[0] == key.kid:
-            waiting = ", ".join(sorted(self.held()))
+            held = ", ".join(sorted(self.held()))
             note = (
-                f" past its signUntil {kept[1]}: {waiting} not served by {self.endpoint.issuer.url}/certs yet, "
+                f" past its signUntil {kept[1]}: {held} not served by {self.endpoint.issuer.url}/certs yet, "
                 f"upload the issuer documents (sts-compile issuer-docs){note}"
             )
         return True, f"endpoint {self.endpoint.name}: signing with {key.kid}{note}{self._expiry_note()}"
@@ -321,6 +348,8 @@ class KeyProvider:
         try:
             found = self.secrets.read(self.namespace, name)
             if found is None:
+                if self._snapshot.keys is not None and self._snapshot.keys.keys:
+                    return self._recreate(name, self._snapshot.keys)
                 return self._create(name)
             data, self._resource_version = found
         except ConflictError:
@@ -358,6 +387,26 @@ class KeyProvider:
         log.info("endpoint %s: created %s (%s)", self.endpoint.name, self._secret_source(), "; ".join(step.changes))
         return self._adopt(data, self._secret_source())
 
+    def _recreate(self, name: str, keys: keyset.KeySet) -> Snapshot:
+        """The Secret disappeared (deleted by hand, a namespace clean-up): write back the keys this
+        runtime holds. They are the ones the issuer publishes, so the current key keeps signing and
+        every token issued keeps verifying; a fresh key would sign tokens no relying party can
+        verify until the next upload."""
+        assert self.secrets is not None
+        data = keyset.dumps(keys)
+        try:
+            self._resource_version = self.secrets.create(self.namespace, name, data)
+        except ConflictError:
+            log.info("endpoint %s: another replica recreated %s first; using its key set", self.endpoint.name, name)
+            return self._refresh_managed_after_conflict(name)
+        log.warning(
+            "endpoint %s: %s had disappeared; recreated it with the keys still published (kids %s)",
+            self.endpoint.name,
+            self._secret_source(),
+            ", ".join(key.kid for key in keys.keys),
+        )
+        return self._adopt(data, self._secret_source())
+
     def _new_key(self, created: int, sign_from: int, sign_until: int) -> keyset.Key:
         return keyset.generate(self.policy.algorithm, created=created, sign_from=sign_from, sign_until=sign_until)
 
@@ -376,6 +425,19 @@ class KeyProvider:
             log.info("endpoint %s: another replica rotated %s first; reloading it", self.endpoint.name, name)
             return self._check_publication(self._refresh_managed_after_conflict(name))
         except Exception as exc:
+            kept = {key.kid for key in snapshot.keys.keys}
+            if {key.kid for key in step.keyset.keys} <= kept:
+                # Only windows changed (the served key extended while its successor waits) or keys
+                # were pruned: nothing new to publish, so this replica goes on with the change in
+                # memory rather than refuse tokens; it reaches the Secret with the next write.
+                log.warning(
+                    "endpoint %s: cannot write %s (%s); applying %s in memory until it can",
+                    self.endpoint.name,
+                    name,
+                    exc,
+                    "; ".join(step.changes),
+                )
+                return Snapshot(step.keyset, snapshot.served, None)
             log.warning("endpoint %s: cannot write %s (%s); will retry", self.endpoint.name, name, exc)
             return snapshot
         for change in step.changes:
@@ -416,7 +478,8 @@ class KeyProvider:
         if not missing:
             return snapshot
         now = self.clock()
-        if self._last_fetch is not None and now - self._last_fetch < PUBLICATION_INTERVAL:
+        interval = PUBLICATION_RETRY if self.waiting(snapshot) else PUBLICATION_INTERVAL
+        if self._last_fetch is not None and now - self._last_fetch < interval:
             return snapshot
         self._last_fetch = now
         url = f"{self.endpoint.issuer.url}/certs"
@@ -435,7 +498,7 @@ class KeyProvider:
         ready, reason = self.status()
         held = self.held(snapshot)
         message = reason
-        if ready and held:
+        if ready and held and not self.waiting(snapshot):
             key = self.signing_key()
             url = f"{self.endpoint.issuer.url}/certs"
             if key.kid in held:

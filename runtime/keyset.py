@@ -197,13 +197,18 @@ class KeySet:
     def signing_key(self, now: int, held: Collection[str] = ()) -> Key:
         """The key that signs at ``now``; raises ``KeySetError`` with the reason when none can.
 
-        ``held`` names keys to avoid (for example not yet served by the issuer's public JWKS):
-        the best key in its window that is not held signs; only when every key in its window is
-        held does the best held key sign, since an unannounced key is still the scheduled one.
+        ``held`` names keys that must not sign (for example not yet served by the issuer's public
+        JWKS): the best key in its window that is not held signs. A held key never signs, even
+        when it is the only one in its window: a token signed by a key the relying parties cannot
+        fetch fails there, while a refusal here keeps the caller's last good token in use.
         """
-        found = self.candidates(now, held) or self.candidates(now)
+        found = self.candidates(now, held)
         if found:
             return found[0]
+        waiting = self.candidates(now)
+        if waiting:
+            kids = ", ".join(key.kid for key in waiting)
+            raise KeySetError(f"no key can sign at {now}: {kids} is not served by the issuer's JWKS yet")
         if not self.keys:
             raise KeySetError("the key set has no keys; create one with `sts-compile keys create`")
         upcoming = [key for key in self.keys if key.sign_from > now]

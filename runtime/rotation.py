@@ -9,7 +9,8 @@ Rules, for an endpoint whose tokens live ``lifetime`` seconds:
   clock skew), so every token it signed verifies until it expires; only then is it pruned;
 - while a successor is held back (its kid not yet served by an externally hosted JWKS), the
   current key's window is extended in small steps, so the old key keeps signing and the change is
-  written to the key set where every replica sees it.
+  written to the key set where every replica sees it; a key that is not served never signs (see
+  ``KeySet.signing_key``), so a served key whose window ran out during a stall is extended again.
 
 Nothing here reads the clock or the network: the key manager and the tests pass ``now`` in.
 """
@@ -120,10 +121,13 @@ def _hold(
     due = [key for key in keys if key.sign_from <= horizon and key.kid in held and key.sign_until > now]
     if not due:
         return None
-    usable = [key for key in keys if key.kid not in held and key.sign_from <= now and key.sign_until > now]
+    # A served key whose window ran out while the manager could not pass (a stall longer than
+    # half a hold step) is still published: it takes over again rather than leaving no key the
+    # issuer serves to sign with.
+    usable = [key for key in keys if key.kid not in held and key.sign_from <= now < key.sign_until + policy.retention]
     if not usable:
         return None
-    current = max(usable, key=lambda key: (key.sign_from, key.kid))
+    current = max(usable, key=lambda key: (key.sign_until > now, key.sign_from, key.kid))
     if current.sign_until >= now + policy.hold_step // 2:
         return None  # extend in steps of hold_step, not on every pass
     updated = [current.replace(sign_until=horizon) if key.kid == current.kid else key for key in keys]

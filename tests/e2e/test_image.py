@@ -1,4 +1,5 @@
-"""Every command the rendered manifests and the injected patch run exists in the installed package."""
+"""The image: every command the rendered manifests and the injected patch run exists in the installed
+package; the Dockerfile builds from a pinned base and a hash-checked lock file that is current."""
 
 from __future__ import annotations
 
@@ -7,14 +8,22 @@ import pathlib
 import re
 import subprocess
 import sys
+import tomllib
 
 import jsonpatch
 import yaml
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from kube_sts.runtime import config, injection
 from tests.webhook.test_injection import CA, seed_pod
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPILER_ONLY = {"jinja2", "ruamel-yaml", "pyyaml"}
+"""pyproject.toml's dependencies that only sts-compile needs (PyYAML still comes with kubernetes)."""
 
 
 def commands_of(pod_spec: dict[str, object]) -> list[list[str]]:
@@ -61,29 +70,155 @@ def test_manifest_and_patch_commands_exist(tmp_path: pathlib.Path) -> None:
         assert used <= options, (command[0], used - options)
 
 
-def test_dockerfile_installs_the_server_extra_as_non_root() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
-    assert '".[server]"' in text and "USER 65532" in text
-    assert "command -v kube-sts-server kube-sts-sidecar" in text
-    for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
-        assert (ROOT / source).exists(), source
+def stages(text: str) -> list[str]:
+    return re.split(r"^FROM ", text, flags=re.M)[1:]
 
 
-def test_runtime_imports_nothing_the_image_removes() -> None:
-    """The image drops the compiler's packages; the runtime's console commands must not need them."""
-    removed = re.search(r"pip uninstall --yes ([^\\\n]+)", (ROOT / "Dockerfile").read_text())
-    assert removed is not None
-    distributions = removed.group(1).split()
-    assert {"jinja2", "ruamel.yaml"} <= set(distributions)
-    modules = {name.split(".")[0].lower() for name in distributions}
-    probe = (
-        "import sys, kube_sts.runtime.server, kube_sts.runtime.sidecar, kube_sts.runtime.webhook;"
-        "print(' '.join(sorted({m.split('.')[0].lower() for m in sys.modules})))"
-    )
-    loaded = set(
-        subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
-    )
-    assert not loaded & modules
-    assert "jwt" not in loaded  # PyJWT is a test dependency: the image does not install it
-    assert "kube_sts" in loaded
+def test_dockerfile_pins_the_base_by_digest_and_runs_as_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    preamble = text.split("\nFROM ", 1)[0]
+    sources = re.findall(r"^FROM (\S+)", text, re.M)
+    assert len(sources) == 2
+    for source in sources:
+        # by digest, never by a tag alone: a literal sha256 or the build argument that must hold one
+        assert re.fullmatch(r"python:3\.11-slim[\w.-]*@(sha256:[0-9a-f]{64}|\$\{PYTHON_DIGEST\})", source), source
+    if any("${PYTHON_DIGEST}" in source for source in sources):
+        # declared before the first FROM, with no default (a build without it fails) or a digest
+        declared = re.search(r"^ARG PYTHON_DIGEST(=\S+)?$", preamble, re.M)
+        assert declared is not None
+        assert declared.group(1) is None or re.fullmatch(r"=sha256:[0-9a-f]{64}", declared.group(1))
+    final = stages(text)[-1]
+    assert "USER 65532" in final
+    assert "command -v kube-sts-server kube-sts-sidecar" in final
+    for source in re.findall(r"^COPY (?!--)(.+) \S+$", text, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+
+
+def test_dockerfile_installs_only_hash_checked_locked_packages() -> None:
+    text = DOCKERFILE.read_text()
+    installs = re.findall(r"pip install ([^\\\n&]+)", text)
+    assert installs
+    for args in installs:
+        if "-r requirements/" in args:
+            assert "--require-hashes" in args and "--no-deps" in args, args
+        else:  # only the kube-sts wheel built from this tree, from the local directory
+            assert "--no-deps" in args and "--no-index" in args and "/wheels/kube_sts-" in args, args
+    assert "-r requirements/runtime.lock" in text and "-r requirements/build.lock" in text
+    assert "--no-build-isolation" in text  # the build backend is the locked one, nothing fetched
+    final = stages(text)[-1]
+    assert re.search(r"pip uninstall --yes pip setuptools wheel", final)
+    assert re.search(r"/opt/kube-sts/bin/pip uninstall --yes pip setuptools", text)
+    assert "find_spec" in final and "'pip', 'setuptools', 'wheel'" in final  # checked at build time
+
+
+def locked(name: str) -> dict[str, tuple[Version, int]]:
+    """``requirements/<name>``: canonical name -> (pinned version, number of hashes)."""
+    found: dict[str, tuple[Version, int]] = {}
+    text = (ROOT / "requirements" / name).read_text()
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", text):
+        match = re.match(r"([A-Za-z0-9._-]+)==([^\s;\\]+)", entry)
+        if match:
+            found[canonicalize_name(match.group(1))] = (Version(match.group(2)), entry.count("--hash=sha256:"))
+    return found
+
+
+def runtime_requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(line) for line in [*project["dependencies"], *project["optional-dependencies"]["server"]]]
+    return [req for req in declared if canonicalize_name(req.name) not in COMPILER_ONLY]
+
+
+def test_lock_files_name_the_command_that_made_them() -> None:
+    for name in ("runtime", "build"):
+        text = (ROOT / "requirements" / f"{name}.lock").read_text()
+        assert re.search(rf"^#    pip-compile .*--generate-hashes.* requirements/{name}\.in$", text, re.M), name
+
+
+def test_runtime_lock_is_current_with_pyproject() -> None:
+    """requirements/runtime.in is pyproject's runtime dependencies; runtime.lock pins each of them
+    and everything they need (walked through the installed metadata) with hashes, at versions the
+    specifiers allow, and the test environment runs exactly those versions."""
+    wanted = runtime_requirements()
+    listed = [
+        Requirement(line.split("#")[0])
+        for line in (ROOT / "requirements" / "runtime.in").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    assert sorted(map(str, listed)) == sorted(map(str, wanted)), "requirements/runtime.in differs from pyproject.toml"
+    lock = locked("runtime.lock")
+    environment = {str(k): str(v) for k, v in default_environment().items()}
+    pending, seen, problems = list(wanted), set(), []
+    while pending:
+        requirement = pending.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({**environment, "extra": ""}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name not in lock:
+            problems.append(f"{name} is not in requirements/runtime.lock")
+            continue
+        version, hashes = lock[name]
+        if hashes == 0:
+            problems.append(f"{name} has no hash")
+        if not requirement.specifier.contains(version, prereleases=True):
+            problems.append(f"{name}=={version} does not satisfy {requirement}")
+        if name in seen:
+            continue
+        seen.add(name)
+        installed = Version(importlib.metadata.version(name))
+        if installed != version:
+            problems.append(f"{name}: the tests run {installed}, the image gets {version} (pip install -r the lock)")
+        pending += [Requirement(line) for line in importlib.metadata.requires(name) or []]
+    assert not problems, problems
+    assert {"kubernetes", "pydantic", "cryptography", "uvicorn", "orjson", "pyyaml"} <= seen
+    assert not COMPILER_ONLY - {"pyyaml"} & set(lock)  # the compiler's packages stay out
+    unused = set(lock) - seen
+    assert not unused, f"requirements/runtime.lock pins packages nothing needs: {sorted(unused)}"
+
+
+def test_build_lock_pins_the_build_backend() -> None:
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    lock = locked("build.lock")
+    for line in build:
+        requirement = Requirement(line)
+        version, hashes = lock[canonicalize_name(requirement.name)]
+        assert hashes > 0 and requirement.specifier.contains(version)
+
+
+PROBE = """
+import importlib.metadata, re, sys
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+allowed = set(sys.argv[1:])
+absent = {
+    module
+    for module, owners in importlib.metadata.packages_distributions().items()
+    if not {canonical(owner) for owner in owners} & allowed
+}
+
+class Absent:
+    # What the image does not install cannot be imported (optional imports fall back)
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in absent:
+            raise ImportError(f"No module named {name!r} in the image")
+        return None
+
+sys.meta_path.insert(0, Absent())
+import kube_sts.runtime.server, kube_sts.runtime.sidecar, kube_sts.runtime.webhook
+import kube_sts.runtime.keymanager, kube_sts.runtime.kubeapi
+print(" ".join(sorted({module.split(".")[0] for module in sys.modules})))
+"""
+
+
+def test_runtime_runs_on_what_the_image_installs() -> None:
+    """The image holds only the locked packages and kube-sts: the runtime's modules import with
+    every other installed distribution hidden (the compiler's jinja2 and ruamel.yaml, PyJWT and
+    the other test packages), and do not load the compiler's packages."""
+    allowed = [*locked("runtime.lock"), "kube-sts"]
+    answer = subprocess.run([sys.executable, "-c", PROBE, *allowed], capture_output=True, text=True, check=False)
+    assert answer.returncode == 0, answer.stderr
+    loaded = set(answer.stdout.split())
+    assert "kube_sts" in loaded and "kubernetes" in loaded
+    assert not {"jwt", "jinja2", "ruamel"} & loaded

@@ -185,15 +185,35 @@ def test_waits_for_publication_before_activating_a_new_key(
     assert len(issuer.fetched) == 3  # nothing left to check
 
 
-def test_only_key_signs_even_before_publication(tmp_path: pathlib.Path, keys: tuple[keyset.Key, keyset.Key]) -> None:
-    # First deployment: the documents can only be uploaded once the service runs, so the only
-    # key signs and the log says the upload is missing.
+def test_first_deployment_signs_nothing_until_the_issuer_serves_the_key(
+    tmp_path: pathlib.Path, keys: tuple[keyset.Key, keyset.Key], caplog: pytest.LogCaptureFixture
+) -> None:
+    # First deployment: nothing is published yet. The replica stays ready (the Service must keep
+    # serving /aws/issuer-docs, the documents whose upload ends the wait, and the webhook), says
+    # why on /readyz and in the log, and refuses to sign until the issuer serves the key.
     path = tmp_path / "keyset.json"
     write_atomically(path, keyset.dumps(keyset.KeySet((keys[0],))))
-    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=Issuer(), clock=Clock(50))
+    issuer = Issuer()
+    clock = Clock(50)
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=issuer, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="kube_sts.keys"):
+        provider.refresh()
+    with pytest.raises(keyset.KeySetError, match=f"{keys[0].kid} is not served by the issuer's JWKS yet"):
+        provider.signing_key()
+    ready, reason = provider.status()
+    assert ready
+    assert f"signs no token until https://d1.cloudfront.net/certs serves {keys[0].kid}" in reason
+    assert "503 no_signing_key" in reason
+    assert reason in caplog.text
+    assert [jwk["kid"] for jwk in provider.jwks()["keys"]] == [keys[0].kid]  # the documents to upload
+
+    # While nothing can sign the issuer is asked on every pass, not once a minute.
+    issuer.kids = [keys[0].kid]
+    clock.now += keymanager.PUBLICATION_RETRY
     provider.refresh()
+    assert len(issuer.fetched) == 2
     assert provider.signing_key().kid == keys[0].kid
-    assert provider.status()[0]
+    assert provider.status() == (True, f"endpoint aws: signing with {keys[0].kid}")
 
 
 def test_fetch_jwks_refuses_plain_http() -> None:
@@ -301,8 +321,9 @@ def test_without_waiting_the_schedule_decides(rotated: tuple[pathlib.Path, keyse
 
 
 def test_a_removed_leaked_key_is_not_replaced_by_an_older_retired_one(tmp_path: pathlib.Path) -> None:
-    """After the leak procedure the new key signs even before it is served; a key retired long
-    before (still in the file, still served) is never brought back."""
+    """After the leak procedure a key retired long before (still in the file, still served) is
+    never brought back; the replacement signs once the issuer serves it, and nothing signs before
+    (with waitForPublication no token is signed by a key the issuer does not serve)."""
     path = tmp_path / "keyset.json"
     cli("keys", "create", "--endpoint", "aws", "--algorithm", "ES256", "-o", str(path), "--now", str(T0))
     cli("keys", "add", str(path), "--lead", "1d", "--now", str(T0 + DAY))
@@ -313,6 +334,12 @@ def test_a_removed_leaked_key_is_not_replaced_by_an_older_retired_one(tmp_path: 
     replacement = keyset.loads(path.read_bytes()).keys[-1]
     issuer = Issuer()
     issuer.kids = [retired.kid, leaked.kid]
-    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=issuer, clock=Clock(moment))
+    clock = Clock(moment)
+    provider = keymanager.KeyProvider(endpoint(), namespace="ns", path=path, fetcher=issuer, clock=clock)
+    provider.refresh()
+    with pytest.raises(keyset.KeySetError, match="not served"):
+        provider.signing_key()
+    issuer.kids = [retired.kid, replacement.kid]  # the documents are uploaded
+    clock.now += keymanager.PUBLICATION_INTERVAL
     provider.refresh()
     assert provider.signing_key().kid == replacement.kid

@@ -75,7 +75,8 @@ def test_signing_choice_and_publication(rsa_key: keyset.Key, ec_key: keyset.Key)
     assert keys.signing_key(200).kid == rsa_key.kid
     assert keys.signing_key(1000).kid == ec_key.kid  # overlap: the later signFrom wins
     assert keys.signing_key(1000, held={ec_key.kid}).kid == rsa_key.kid
-    assert keys.signing_key(1500, held={ec_key.kid}).kid == ec_key.kid  # nothing else can sign
+    with pytest.raises(keyset.KeySetError, match=f"{ec_key.kid} is not served by the issuer's JWKS yet"):
+        keys.signing_key(1500, held={ec_key.kid})  # a held key never signs, even when alone
     assert [key.kid for key in keys.published(1499, retention=300)] == [rsa_key.kid, ec_key.kid]
     assert [key.kid for key in keys.published(1500, retention=300)] == [ec_key.kid]
     assert keys.jwks(0)["keys"] == [rsa_key.public_jwk(), ec_key.public_jwk()]

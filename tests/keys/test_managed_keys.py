@@ -171,10 +171,14 @@ def test_managed_holding_extends_the_current_key_in_the_secret(
         fetcher=fetch,
         clock=clock,
     )
-    provider.refresh()  # creates the Secret; the only key signs although it is not served yet
+    provider.refresh()  # creates the Secret; its key signs nothing until the issuer serves it
     (first,) = stored(api_server)[0].keys
-    assert provider.signing_key().kid == first.kid
+    with pytest.raises(keyset.KeySetError, match="not served by the issuer's JWKS yet"):
+        provider.signing_key()
     served.append(first.kid)
+    clock.now += keymanager.PUBLICATION_RETRY
+    provider.refresh()
+    assert provider.signing_key().kid == first.kid
 
     clock.now = first.sign_until - DAY
     provider.refresh()  # adds the successor

@@ -40,7 +40,12 @@ def test_missing_config_exits_1(tmp_path: pathlib.Path) -> None:
 def test_server_process_serves_tokens_and_stops_on_sigterm(
     api_server: apiserver.APIServer, tmp_path: pathlib.Path
 ) -> None:
-    base_config = harness.runtime_config(harness.endpoint(mode="managed"))
+    managed = harness.endpoint(mode="managed")
+    # issuer.example is not reachable, and a key the issuer does not serve never signs while
+    # waitForPublication is on (tests/keys and tests/adversarial cover the wait)
+    keys = managed.issuer.keys.model_copy(update={"wait_for_publication": False})
+    managed = managed.model_copy(update={"issuer": managed.issuer.model_copy(update={"keys": keys})})
+    base_config = harness.runtime_config(managed)
     # cert-manager mode: the certificate comes from the mounted files (``--tls-dir``)
     tls_config = base_config.tls.model_copy(update={"mode": "cert-manager", "dns_names": ("localhost",)})
     runtime = base_config.model_copy(update={"tls": tls_config})
