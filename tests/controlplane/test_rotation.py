@@ -56,11 +56,7 @@ def mint(runtime: deployment.Runtime, pod: dict[str, Any]) -> str:
 
 
 def test_key_rotation_through_the_secret(plane: deployment.Deployment, tmp_path: pathlib.Path) -> None:
-    def immediate(config: dict[str, Any]) -> None:
-        # the example's issuer host is not reachable from here; rotation without the wait
-        config["endpoints"][0]["issuer"]["keys"]["waitForPublication"] = False
-
-    runtime = plane.runtime(tmp_path / "runtime", edit=immediate)
+    runtime = plane.runtime(tmp_path / "runtime")
     runtime.start()
     try:
         pod = create_pod(plane.plane, "myns", "rotation", labelled=False)
