@@ -10,9 +10,7 @@ import ssl
 import threading
 import time
 
-import pytest
-
-from kube_sts.runtime import kubeapi, limits, server, transport
+from kube_sts.runtime import kubeapi, limits, server
 from tests.adversarial import attacks
 from tests.runtime import harness
 
@@ -82,9 +80,3 @@ def test_a_connection_past_the_limit_is_refused(tmp_path: pathlib.Path) -> None:
         uv.should_exit = True
         thread.join(10)
         listener.close()
-
-
-def test_large_allocations_use_their_own_mappings() -> None:
-    """What makes the memory of a connection flood go back to the system (see transport)."""
-    if not transport.fixed_mmap_threshold():
-        pytest.skip("no glibc")
