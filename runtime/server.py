@@ -19,8 +19,9 @@ timeout; when it cannot be reached the answer is 503 with ``Retry-After``.
 Errors are JSON ``{"error": "<stable code>", "message": "..."}``: 400 malformed request, 401
 token problems (``missing_token``, ``malformed_token``, ``token_expired``, ``wrong_audience``,
 ``invalid_token``, ``unbound_token``, ``pod_not_found``, ``pod_mismatch``), 403 ``denied``,
-404 ``not_found``, 405 ``method_not_allowed``, 413 ``body_too_large`` / ``header_too_large``,
-503 ``apiserver_unavailable`` / ``apiserver_error`` / ``no_signing_key``. Each token decision
+404 ``not_found``, 405 ``method_not_allowed``, 408 ``request_timeout``, 413 ``body_too_large`` /
+``header_too_large``, 500 ``internal_error``, 503 ``apiserver_unavailable`` / ``apiserver_error``
+/ ``no_signing_key`` / ``too_many_connections`` (the limits are ``limits.Limits``). Each token decision
 writes one JSON line to the audit trail (standard output; operational logs go to standard
 error); tokens and keys are never logged.
 
@@ -65,6 +66,7 @@ from kube_sts.runtime import (
     keymanager,
     keyset,
     kubeapi,
+    limits,
     metrics,
     minter,
     tlsmanager,
@@ -92,7 +94,7 @@ log = logging.getLogger("kube_sts.server")
 
 CONFIG_PATH = pathlib.Path("/etc/kube-sts/config.json")
 MAX_BODY = 64 * 1024
-MAX_HEADERS = 32 * 1024
+MAX_HEADERS = limits.MAX_HEADERS
 MAX_TOKEN = callers.MAX_TOKEN
 RETRY_AFTER = "5"
 API_PROBE_INTERVAL = 30.0
@@ -326,7 +328,10 @@ class App:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        route_name, response = await self._respond(scope, receive)
+        try:
+            route_name, response = await self._respond(scope, receive)
+        except Exception:
+            route_name, response = "unknown", self._internal_error(scope)
         headers = [(b"content-type", response.content_type.encode()), (b"content-length", b"%d" % len(response.body))]
         if response.headers:
             headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers)
@@ -348,16 +353,8 @@ class App:
             return path, error_response(
                 405, "method_not_allowed", f"{path} answers {allow}", (("allow", allow),)
             )  # fmt: skip
-        headers: dict[str, str] = {}
-        size = 0
-        for raw_name, raw_value in scope["headers"]:
-            size += len(raw_name) + len(raw_value)
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]},{value}" if name in headers else value
-        if size > MAX_HEADERS:
-            return path, error_response(413, "header_too_large", f"request headers exceed {MAX_HEADERS} bytes")
         try:
+            headers = limits.request_headers(scope["headers"], MAX_HEADERS)
             body = await _read_body(receive, headers.get("content-length"), route.max_body)
             client = scope.get("client") or ("", 0)
             request = Request(scope["method"], path, headers, body, str(client[0]))
@@ -365,8 +362,11 @@ class App:
         except HTTPError as exc:
             return path, error_response(exc.status, exc.code, exc.message, exc.headers)
         except Exception:
-            log.exception("%s %s failed", scope["method"], path)
-            return path, error_response(500, "internal", "internal error; see the server log")
+            return path, self._internal_error(scope)
+
+    def _internal_error(self, scope: Scope) -> Response:
+        log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+        return error_response(500, "internal_error", "internal error; see the server log")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -491,6 +491,9 @@ class App:
             decision = "deny" if exc.status in (401, 403) else "error"
             self._audit(endpoint, identity, decision, exc.code, None)
             raise
+        except Exception:
+            self._audit(endpoint, identity, "error", "internal_error", None)
+            raise
         self._audit(endpoint, identity, "allow", "ok", minted)
         return json_response(
             200, {"token": minted.token, "expires_at": minted.expires, "expires_in": minted.expires - minted.issued_at}
@@ -605,9 +608,15 @@ def build(
 
 
 def uvicorn_server(
-    app: App, *, host: str, port: int, ssl_context: ssl.SSLContext | None, log_level: str = "info"
+    app: App,
+    *,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    log_level: str = "info",
+    bounds: limits.Limits = limits.LIMITS,
 ) -> uvicorn.Server:
-    """A uvicorn server for ``app``; TLS handshakes use ``ssl_context`` (the same object, always)."""
+    """A uvicorn server for ``app`` within ``bounds``; TLS handshakes use ``ssl_context`` (the same object)."""
 
     def factory(_config: object, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         assert ssl_context is not None
@@ -622,12 +631,13 @@ def uvicorn_server(
         server_header=False,
         log_config=None,
         log_level=log_level,
-        timeout_keep_alive=75,
+        timeout_keep_alive=bounds.keep_alive,
         proxy_headers=False,
-        http=transport.HTTPProtocol,
+        http=transport.protocol_class(bounds),
+        ws="none",
         ssl_context_factory=factory if ssl_context is not None else None,
     )
-    return uvicorn.Server(uv_config)
+    return transport.Server(uv_config, bounds)
 
 
 def serve(app: App, *, host: str, port: int, ssl_context: ssl.SSLContext | None, log_level: str = "info") -> None:

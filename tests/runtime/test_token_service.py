@@ -320,7 +320,7 @@ def test_internal_errors_hide_the_trace(app: server.App, caplog: pytest.LogCaptu
     with caplog.at_level(logging.ERROR):
         answer = harness.asgi_call(app, "GET", "/broken")
     assert answer.status == 500 and answer.json() == {
-        "error": "internal",
+        "error": "internal_error",
         "message": "internal error; see the server log",
     }
     assert "boom" in caplog.text

@@ -1,0 +1,199 @@
+"""Hostile clients against a token service on loopback, shared by the adversarial tests and
+``bench/hostile.py``: probes, header floods, connections that never finish a request."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tests import apiserver
+from tests.e2e.test_end_to_end import Runtime
+
+HOST = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def runtime_process(tmp: pathlib.Path) -> Iterator[Runtime]:
+    """The real ``kube-sts-server`` (compiled AWS example, runtime TLS mode) with an API double."""
+    with apiserver.APIServer() as api:
+        service = Runtime(api, tmp)
+        service.start()
+        try:
+            yield service
+        finally:
+            service.stop()
+
+
+def readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has data or an end of stream waiting (``poll``: any descriptor number)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def pid(runtime: Runtime) -> int:
+    assert runtime.process is not None
+    return runtime.process.pid
+
+
+def rss_mb(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def tls_connect(context: ssl.SSLContext, port: int, timeout: float = 10.0) -> ssl.SSLSocket:
+    sock = socket.create_connection((HOST, port), timeout=timeout)
+    return context.wrap_socket(sock, server_hostname="localhost")
+
+
+def read_answer(sock: socket.socket, timeout: float) -> bytes:
+    """The server's first response (by its Content-Length), or what came before it closed or
+    ``timeout`` passed."""
+    sock.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            data += chunk
+            head, separator, body = data.partition(b"\r\n\r\n")
+            if separator:
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length" and len(body) >= int(value):
+                        return data
+    return data
+
+
+def status_and_body(answer: bytes) -> tuple[int, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def get(context: ssl.SSLContext, port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    with tls_connect(context, port, timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        return status_and_body(read_answer(sock, timeout))
+
+
+class Prober(threading.Thread):
+    """``GET /healthz`` on a new TLS connection every ``interval`` seconds, as the kubelet does."""
+
+    def __init__(self, context: ssl.SSLContext, port: int, interval: float = 0.1, timeout: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.context, self.port, self.interval, self.timeout = context, port, interval, timeout
+        self.latencies: list[float] = []
+        self.failures = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            started = time.perf_counter()
+            try:
+                status, _ = get(self.context, self.port, "/healthz", self.timeout)
+                ok = status == 200
+            except (OSError, ValueError, IndexError):
+                ok = False
+            elapsed = time.perf_counter() - started
+            self.latencies.append(elapsed)
+            self.failures += not ok
+            self.done.wait(max(0.0, self.interval - elapsed))
+
+    def stop(self) -> dict[str, Any]:
+        self.done.set()
+        self.join()
+        return {"probes": len(self.latencies), "failed": self.failures, "max_s": max(self.latencies, default=0.0)}
+
+
+def header_flood(
+    context: ssl.SSLContext, port: int, total: int, *, header: bytes = b"x: 0123456789a\r\n", timeout: float = 120.0
+) -> tuple[int, bytes, int]:
+    """One request whose header block is ``total`` bytes of ``header`` repeats (16 bytes each by
+    default; a single huge header when ``header`` is empty). Returns the status, the body and how
+    many bytes were sent when the server answered (or closed)."""
+    request_line = b"POST /aws/token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
+    block = header * (total // len(header)) if header else b"x-big: " + b"a" * total + b"\r\n"
+    payload = request_line + block + b"\r\n"
+    sent = 0
+    early = b""
+    with tls_connect(context, port, timeout) as sock:
+        view = memoryview(payload)
+        try:
+            while sent < len(payload):
+                sent += sock.send(view[sent : sent + 65536])
+                answer = answer_of(sock)
+                if answer is not None:
+                    early = answer
+                    break
+        except (ConnectionError, ssl.SSLError):
+            pass
+        sock.settimeout(timeout)
+        answer = early + (read_answer(sock, timeout) if early.count(b"\r\n\r\n") == 0 else b"")
+    if not answer:
+        return 0, b"", sent
+    status, body = status_and_body(answer)
+    return status, body, sent
+
+
+def stalled_connections(context: ssl.SSLContext | None, port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that never finish a request: with ``context``, a TLS handshake and
+    half a request line; without, TCP connections that never start their handshake."""
+    held: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.create_connection((HOST, port), timeout=30)
+        if context is not None:
+            try:
+                tls = context.wrap_socket(sock, server_hostname="localhost")
+                tls.sendall(b"POST /aws/token HTTP/1.1\r\nHost: local")
+            except (ConnectionError, ssl.SSLError, TimeoutError):
+                sock.close()
+                continue
+            held.append(tls)
+        else:
+            held.append(sock)
+    return held
+
+
+def answer_of(sock: socket.socket) -> bytes | None:
+    """``None`` while the server neither answered nor closed ``sock``, else what it sent (``b""``
+    for a bare close). Reads without blocking; TLS session tickets are not an answer."""
+    if sock.fileno() < 0:
+        return b""
+    if not readable(sock) and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+        return None
+    if not isinstance(sock, ssl.SSLSocket):
+        return b""
+    sock.setblocking(False)
+    try:
+        data = sock.recv(65536)
+    except ssl.SSLWantReadError:
+        return None
+    except OSError:
+        return b""
+    finally:
+        if sock.fileno() >= 0:
+            sock.settimeout(30)
+    return data
+
+
+def still_open(sockets: list[socket.socket], answers: dict[int, bytes] | None = None) -> int:
+    """How many of ``sockets`` the server has neither answered nor closed; the answers of the
+    others are kept in ``answers`` by index."""
+    answers = {} if answers is None else answers
+    open_count = 0
+    for index, sock in enumerate(sockets):
+        if index in answers:
+            continue
+        answer = answer_of(sock)
+        if answer is None:
+            open_count += 1
+        else:
+            answers[index] = answer
+    return open_count
