@@ -54,7 +54,7 @@ def _kube_apiserver() -> pathlib.Path:
     binary = cache_dir() / "kube-apiserver"
     if binary.is_file():
         return binary
-    go = shutil.which("go")
+    go = shutil.which("go") or next((g for g in ("/usr/local/go/bin/go",) if pathlib.Path(g).is_file()), None)
     if go is None:
         raise RuntimeError("kube-apiserver is not built and there is no `go` command to build it")
     binary.parent.mkdir(parents=True, exist_ok=True)
