@@ -138,3 +138,26 @@ def test_tls_renewal_and_ca_bundle_through_the_secret(plane: deployment.Deployme
             connection.close()
     finally:
         runtime.stop()
+
+
+def test_a_deleted_key_set_secret_is_recreated_with_the_same_keys(
+    plane: deployment.Deployment, tmp_path: pathlib.Path
+) -> None:
+    runtime = plane.runtime(tmp_path / "runtime")
+    runtime.start()
+    try:
+        pod = create_pod(plane.plane, "myns", "lost-secret", labelled=False)
+        before = mint(runtime, pod)
+        name = runtime.config["endpoints"][0]["issuer"]["keypair"]
+        stored = runtime.secret(name)
+        assert stored is not None
+        kids = {key.kid for key in keyset.loads(stored["keyset.json"]).keys}
+        plane.plane.kubectl("delete", "secret", name, f"--namespace={plane.namespace}")
+        wait_for(lambda: runtime.secret(name) is not None, "the key set Secret was not recreated")
+        recreated = runtime.secret(name)
+        assert recreated is not None
+        assert {key.kid for key in keyset.loads(recreated["keyset.json"]).keys} == kids
+        after = mint(runtime, pod)
+        assert jwt.get_unverified_header(after)["kid"] == jwt.get_unverified_header(before)["kid"]
+    finally:
+        runtime.stop()
