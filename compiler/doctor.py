@@ -15,6 +15,7 @@ import argparse
 import base64
 import binascii
 import json
+import pathlib
 import ssl
 import sys
 import time
@@ -300,7 +301,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         sys.stderr.write("sts-compile doctor: error: --issuer-url must be https\n")
         return 2
     try:
-        token = sys.stdin.read() if args.token == "-" else open(args.token, encoding="utf-8").read()  # noqa: PTH123, SIM115
+        token = sys.stdin.read() if args.token == "-" else pathlib.Path(args.token).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         sys.stderr.write(f"sts-compile doctor: error: cannot read {args.token}: {exc}\n")
         return 2
