@@ -122,7 +122,7 @@ def test_offline_checks_skip_the_issuer(tmp_path: pathlib.Path) -> None:
         ({"sub": f"c1:other:app:{ROLE}"}, ["--role", ROLE], "FAIL  sub: 'c1:other:app:"),
         ({"exp": int(time.time()) - 10, "iat": int(time.time()) - 3610}, [], "FAIL  exp: expired"),
         ({"iat": int(time.time()) + 600, "nbf": int(time.time()) + 600, "exp": int(time.time()) + 4200}, [],
-         "FAIL  clock: issued 600s in the future"),
+         "FAIL  clock: issued"),
         ({"exp": int(time.time()) + 7200}, [], "FAIL  lifetime: 7200s, but the endpoint mints 3600s tokens"),
     ],
 )
