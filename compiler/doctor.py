@@ -98,7 +98,9 @@ def _verify(jwk: dict[str, Any], algorithm: str, message: bytes, signature: byte
         if algorithm == "ES256" and jwk.get("kty") == "EC" and jwk.get("crv") == "P-256" and len(signature) == 64:
             x, y = (int.from_bytes(_b64(jwk[k]), "big") for k in ("x", "y"))
             key = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
-            der = utils.encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+            der = utils.encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
             key.verify(der, message, ec.ECDSA(hashes.SHA256()))
             return True
     except (InvalidSignature, KeyError, ValueError, binascii.Error):
@@ -124,6 +126,7 @@ def _endpoint(
 def _issuer_checks(
     report: _Report,
     endpoint: config.Endpoint,
+    *,
     header: dict[str, Any],
     claims: dict[str, Any],
     signed: tuple[bytes, bytes],
@@ -139,7 +142,9 @@ def _issuer_checks(
         return
     named = discovery.get("issuer") if isinstance(discovery, dict) else None
     report.check(
-        "discovery", named == claims.get("iss"), f"{where} names issuer {named}",
+        "discovery",
+        named == claims.get("iss"),
+        f"{where} names issuer {named}",
         f"{where} names issuer {named!r}, the token's iss is {claims.get('iss')!r}; relying parties compare them "
         "byte for byte",
     )
@@ -155,13 +160,17 @@ def _issuer_checks(
     matching = [k for k in keys if k.get("kid") == kid]
     served = ", ".join(str(k.get("kid")) for k in keys) or "none"
     if not report.check(
-        "kid", bool(matching), f"{kid} is in the JWKS {jwks_uri} serves",
+        "kid",
+        bool(matching),
+        f"{kid} is in the JWKS {jwks_uri} serves",
         f"{kid!r} is not in the JWKS {jwks_uri} serves (it serves {served}): upload the issuer documents "
         "(sts-compile issuer-docs) or wait for the CDN cache",
     ):
         return
     report.check(
-        "signature", _verify(matching[0], str(header.get("alg")), *signed), f"verifies with key {kid}",
+        "signature",
+        _verify(matching[0], str(header.get("alg")), *signed),
+        f"verifies with key {kid}",
         f"does not verify with key {kid}: the token was changed or signed by another key",
     )
 
@@ -185,36 +194,50 @@ def run(args: argparse.Namespace, token: str, out: TextIO, now: Callable[[], flo
     party = command.relying_party(endpoint, args.relying_party) or "generic"
     iss = claims.get("iss")
     report.check(
-        "iss", iss == endpoint.issuer.url, f"{iss} is endpoint {endpoint.name}'s issuer",
+        "iss",
+        iss == endpoint.issuer.url,
+        f"{iss} is endpoint {endpoint.name}'s issuer",
         f"{iss!r} is not {endpoint.issuer.url!r}, sts.endpoints[{index}].issuer.host; relying parties compare "
         "iss byte for byte (scheme, host, no trailing slash)",
     )
     if args.issuer_url:
         context = ssl.create_default_context(cafile=args.cacert)
-        _issuer_checks(report, endpoint, header, claims, (signing_input, signature), args.issuer_url, context)
+        _issuer_checks(
+            report,
+            endpoint,
+            header=header,
+            claims=claims,
+            signed=(signing_input, signature),
+            issuer_url=args.issuer_url,
+            context=context,
+        )
     else:
         report.skip("discovery", "give --issuer-url to fetch the discovery document, the JWKS and check kid")
     aud = claims.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]
     report.check(
-        "aud", endpoint.audience in audiences, f"{endpoint.audience}",
+        "aud",
+        endpoint.audience in audiences,
+        f"{endpoint.audience}",
         f"{aud!r}, but endpoint {endpoint.name}'s audience (what the relying party was told) is {endpoint.audience!r}",
     )
-    _subject(report, model.sts.cluster, index, endpoint, claims, args.role)
+    _subject(report, model.sts.cluster, index, endpoint, claims=claims, roles=args.role)
     alg = header.get("alg")
     report.check(
-        "alg", alg == endpoint.token.algorithm, f"{alg}",
+        "alg",
+        alg == endpoint.token.algorithm,
+        f"{alg}",
         f"{alg!r}, but the endpoint signs with {endpoint.token.algorithm}"
         + ("; Entra ID accepts RS256 only" if party == "azure" else ""),
     )
     _times(report, endpoint, claims, int(now()))
     if party == "aws":
-        _aws(report, model.sts.cluster, index, endpoint, claims, args.role)
+        _aws(report, model.sts.cluster, index, endpoint, claims=claims, roles=args.role)
     return 1 if report.failed else 0
 
 
 def _subject(
-    report: _Report, cluster: str, index: int, endpoint: config.Endpoint, claims: dict[str, Any], roles: list[str]
+    report: _Report, cluster: str, index: int, endpoint: config.Endpoint, *, claims: dict[str, Any], roles: list[str]
 ) -> None:
     sub = claims.get("sub")
     if not isinstance(sub, str):
@@ -232,7 +255,9 @@ def _subject(
     hits = [p for p in found if p.matches(sub)]
     pinned = ", ".join(repr(p.glob()) for p in found)
     report.check(
-        "sub", bool(hits), f"{sub} matches the trust written for azRules[{hits[0].rule}]" if hits else "",
+        "sub",
+        bool(hits),
+        f"{sub} matches the trust written for azRules[{hits[0].rule}]" if hits else "",
         f"{sub!r} matches none of the subjects the generated trust pins ({pinned})",
     )
 
@@ -244,21 +269,24 @@ def _times(report: _Report, endpoint: config.Endpoint, claims: dict[str, Any], n
         return
     lifetime = exp - iat
     report.check(
-        "lifetime", 0 < lifetime <= endpoint.token.lifetime,
+        "lifetime",
+        0 < lifetime <= endpoint.token.lifetime,
         f"{lifetime}s (configured {endpoint.token.lifetime}s)",
         f"{lifetime}s, but the endpoint mints {endpoint.token.lifetime}s tokens",
     )
     report.check("exp", exp > now, f"expires in {exp - now}s", f"expired {now - exp}s ago")
     start = max(iat, nbf)
     report.check(
-        "clock", start <= now + SKEW, f"issued {now - iat}s ago (skew within {SKEW}s)",
+        "clock",
+        start <= now + SKEW,
+        f"issued {now - iat}s ago (skew within {SKEW}s)",
         f"issued {start - now}s in the future: the token service's clock is ahead of this one by more than "
         f"{SKEW}s; relying parties refuse such tokens",
     )
 
 
 def _aws(
-    report: _Report, cluster: str, index: int, endpoint: config.Endpoint, claims: dict[str, Any], roles: list[str]
+    report: _Report, cluster: str, index: int, endpoint: config.Endpoint, *, claims: dict[str, Any], roles: list[str]
 ) -> None:
     if not roles:
         report.skip("aws", "give --role ARN to evaluate that role's generated trust policy")
@@ -271,7 +299,8 @@ def _aws(
             report.fail("aws", f"{role}: {exc}")
             continue
         report.check(
-            "aws", aws.admits(policy, endpoint.issuer.host, claims),
+            "aws",
+            aws.admits(policy, endpoint.issuer.host, claims),
             f"the generated trust policy of {role} admits the token",
             f"the generated trust policy of {role} refuses the token (AccessDenied): its aud or sub is not one the "
             "policy pins",
@@ -279,16 +308,22 @@ def _aws(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sts-compile doctor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sts-compile doctor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("values", help="the values file")
     parser.add_argument("token", help="the token file, or '-' for stdin")
     parser.add_argument("--endpoint", metavar="NAME", help="the endpoint (default: the one whose issuer is iss)")
     parser.add_argument("--for", dest="relying_party", choices=command.RELYING_PARTIES, help="the relying party")
     parser.add_argument("--issuer-url", metavar="URL", help="where the issuer documents are served (https)")
     parser.add_argument("--cacert", metavar="FILE", help="CA bundle for --issuer-url (default: the system's)")
-    parser.add_argument("--role", action="append", default=[], metavar="VALUE",
-                        help="the role the token is for (AWS: evaluate its generated trust policy)")
+    parser.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="the role the token is for (AWS: evaluate its generated trust policy)",
+    )
     return parser
 
 
@@ -301,7 +336,7 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
         sys.stderr.write("sts-compile doctor: error: --issuer-url must be https\n")
         return 2
     try:
-        token = sys.stdin.read() if args.token == "-" else pathlib.Path(args.token).read_text(encoding="utf-8")
+        token = sys.stdin.read() if args.token == "-" else pathlib.Path(args.token).read_text(encoding="utf-8")  # noqa: S105
     except (OSError, UnicodeDecodeError) as exc:
         sys.stderr.write(f"sts-compile doctor: error: cannot read {args.token}: {exc}\n")
         return 2

@@ -203,7 +203,7 @@ class Vault:
                 parsed.verify(key, alg=header["alg"])
                 verified = True
                 break
-            except Exception:  # noqa: S112 - the next key may verify
+            except Exception:
                 continue
         if not verified:
             raise VaultError("error validating token: no known key successfully validated the token signature")
@@ -241,10 +241,10 @@ class Vault:
                 raise VaultError(f'error validating claims: claim "{name}" is missing')
             actuals = actual if isinstance(actual, list) else [actual]
             expected = wanted if isinstance(wanted, list) else [wanted]
-            if not any(
-                (glob(e, a) if use_glob and isinstance(a, str) else a == e) for e in expected for a in actuals
-            ):
-                raise VaultError(f'error validating claims: claim "{name}" does not match any associated bound claim values')
+            if not any((glob(e, a) if use_glob and isinstance(a, str) else a == e) for e in expected for a in actuals):
+                raise VaultError(
+                    f'error validating claims: claim "{name}" does not match any associated bound claim values'
+                )
         user_claim = role.get("user_claim") or "sub"
         user = claims.get(user_claim)
         if user is None:
@@ -253,7 +253,11 @@ class Vault:
             raise VaultError(f'"{user_claim}" claim could not be converted to string')
         client_token = "hvs." + secrets.token_urlsafe(24)
         self.logins.append(Login(role_name, claims, client_token))
-        metadata = {target: str(claims[source]) for source, target in (role.get("claim_mappings") or {}).items() if source in claims}
+        metadata = {
+            target: str(claims[source])
+            for source, target in (role.get("claim_mappings") or {}).items()
+            if source in claims
+        }
         return {
             "auth": {
                 "client_token": client_token,

@@ -177,7 +177,9 @@ def shell(document: dict[str, Any]) -> str:
         )
     if "bucketPolicy" in document:
         policy = json.dumps(document["bucketPolicy"], indent=2, sort_keys=True)
-        lines.append(f"aws s3api put-bucket-policy --bucket {shlex.quote(document['bucket'])} --policy {shlex.quote(policy)}")
+        lines.append(
+            f"aws s3api put-bucket-policy --bucket {shlex.quote(document['bucket'])} --policy {shlex.quote(policy)}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -54,28 +54,53 @@ def _service_account(value: str) -> tuple[str, str]:
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="sts-compile trust", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="sts-compile trust", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("values", help="the values file ('-' for stdin)")
     parser.add_argument("--endpoint", metavar="NAME", help="one endpoint (default: every endpoint)")
-    parser.add_argument("--for", dest="relying_party", choices=RELYING_PARTIES,
-                        help="the relying party (default: from the endpoint's audience and injector)")
-    parser.add_argument("--format", choices=("json", "shell"), default="json",
-                        help="json: the documents; shell: the aws/az/gcloud/vault commands that create them")
-    parser.add_argument("--role", action="append", default=[], metavar="VALUE",
-                        help="a role (the Pod's annotation, e.g. an IAM role ARN) to write trust for; repeatable")
-    parser.add_argument("--service-account", action="append", default=[], type=_service_account,
-                        metavar="NAMESPACE/NAME", help="Azure: a ServiceAccount the rules authorize; repeatable")
+    parser.add_argument(
+        "--for",
+        dest="relying_party",
+        choices=RELYING_PARTIES,
+        help="the relying party (default: from the endpoint's audience and injector)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("json", "shell"),
+        default="json",
+        help="json: the documents; shell: the aws/az/gcloud/vault commands that create them",
+    )
+    parser.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="a role (the Pod's annotation, e.g. an IAM role ARN) to write trust for; repeatable",
+    )
+    parser.add_argument(
+        "--service-account",
+        action="append",
+        default=[],
+        type=_service_account,
+        metavar="NAMESPACE/NAME",
+        help="Azure: a ServiceAccount the rules authorize; repeatable",
+    )
     parser.add_argument("--bucket", help="AWS: the issuer documents' S3 bucket (with --distribution-id)")
     parser.add_argument("--distribution-id", help="AWS: the CloudFront distribution in front of the bucket")
-    parser.add_argument("--gcp-provider", metavar="NAME",
-                        help="Google: projects/N/locations/global/workloadIdentityPools/POOL/providers/ID")
+    parser.add_argument(
+        "--gcp-provider",
+        metavar="NAME",
+        help="Google: projects/N/locations/global/workloadIdentityPools/POOL/providers/ID",
+    )
     parser.add_argument("--gcp-service-account", metavar="EMAIL", help="Google: a service account to impersonate")
     parser.add_argument("--vault-mount", metavar="PATH", help="Vault: the JWT auth mount (default kube-sts-<endpoint>)")
     parser.add_argument("--vault-role", metavar="NAME", help="Vault: the role name (default: the endpoint's name)")
     parser.add_argument("--vault-policy", action="append", default=[], metavar="NAME", help="Vault: token policies")
     parser.add_argument("--vault-ttl", metavar="DURATION", help="Vault: token TTL (default: the token lifetime)")
-    parser.add_argument("--keyset", metavar="FILE",
-                        help="Vault: jwt_validation_pubkeys from this key set file instead of jwks_url")
+    parser.add_argument(
+        "--keyset", metavar="FILE", help="Vault: jwt_validation_pubkeys from this key set file instead of jwks_url"
+    )
     return parser
 
 
@@ -123,17 +148,30 @@ def _generate(args: argparse.Namespace, model: values.Values, index: int, endpoi
             endpoint, cluster, args.role, index=index, bucket=args.bucket, distribution_id=args.distribution_id
         )
     elif party == "azure":
-        document = {"federatedIdentityCredentials": azure.credentials(endpoint, cluster, args.service_account, role, index)}
+        document = {
+            "federatedIdentityCredentials": azure.credentials(endpoint, cluster, args.service_account, role, index)
+        }
     elif party == "gcp":
         document = gcp.document(
-            endpoint, cluster, provider=args.gcp_provider, role=role, service_account=args.gcp_service_account,
+            endpoint,
+            cluster,
+            provider=args.gcp_provider,
+            role=role,
+            service_account=args.gcp_service_account,
             index=index,
         )
     else:
         ttl = config.parse_duration(args.vault_ttl) if args.vault_ttl else None
         document = vault.document(
-            endpoint, cluster, mount=args.vault_mount, keyset_path=args.keyset, name=args.vault_role,
-            policies=args.vault_policy, ttl=ttl, role=role, index=index,
+            endpoint,
+            cluster,
+            mount=args.vault_mount,
+            keyset_path=args.keyset,
+            name=args.vault_role,
+            policies=args.vault_policy,
+            ttl=ttl,
+            role=role,
+            index=index,
         )
     return {"relyingParty": party, **document}
 

@@ -45,12 +45,17 @@ def provider_name(endpoint: config.Endpoint, given: str | None, index: int) -> s
     for candidate in (given, endpoint.audience):
         if candidate is None:
             continue
-        match = _PROVIDER.match(candidate if candidate.startswith(("//", "https:")) else "//iam.googleapis.com/" + candidate)
+        match = _PROVIDER.match(
+            candidate if candidate.startswith(("//", "https:")) else "//iam.googleapis.com/" + candidate
+        )
         if match is not None:
             return match.group(1)
         if candidate is given:
-            raise subjects.TrustError((), f"--gcp-provider {given!r} is not projects/N/locations/global/"
-                                      "workloadIdentityPools/POOL/providers/ID", "not-a-provider")
+            raise subjects.TrustError(
+                (),
+                f"--gcp-provider {given!r} is not projects/N/locations/global/workloadIdentityPools/POOL/providers/ID",
+                "not-a-provider",
+            )
     raise subjects.TrustError(
         ("sts", "endpoints", index, "audience"),
         f"the audience {endpoint.audience!r} is not a workload identity provider's default audience "

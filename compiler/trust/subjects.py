@@ -87,9 +87,7 @@ class Pattern:
         """Whether ``subject`` fits this pattern with colon-free values in the free fields."""
         import re  # noqa: PLC0415 - only the doctor asks
 
-        regex = "".join(
-            _wild_regex(part) if isinstance(part, Wild) else re.escape(part) for part in self.parts
-        )
+        regex = "".join(_wild_regex(part) if isinstance(part, Wild) else re.escape(part) for part in self.parts)
         return re.fullmatch(regex, subject) is not None
 
 
@@ -147,7 +145,9 @@ def _alternatives(node: _Residual) -> list[dict[str, list[rule_filter.Filter]]]:
                 {k: [*a.get(k, []), *b.get(k, [])] for k in {*a, *b}} for a in product for b in _alternatives(child)
             ]
             if len(product) > _MAX_ALTERNATIVES:
-                raise TrustError((), f"the rule expands to more than {_MAX_ALTERNATIVES} alternatives", "rule-too-complex")
+                raise TrustError(
+                    (), f"the rule expands to more than {_MAX_ALTERNATIVES} alternatives", "rule-too-complex"
+                )
         return product
     if node.op == "!":
         return [{}]  # the relying party cannot express it; the token service enforces it
@@ -200,7 +200,9 @@ def patterns(
         known["role"] = role
     found: list[Pattern] = []
     for number, rule in enumerate(endpoint.rules()):
-        residual = _known(rule, known) if role is not None or not endpoint.rules_mention_role else _drop_role(rule, known)
+        residual = (
+            _known(rule, known) if role is not None or not endpoint.rules_mention_role else _drop_role(rule, known)
+        )
         for alternative in _alternatives(residual):
             values: dict[str, str | Wild] = {"cluster": cluster, "endpoint": endpoint.name}
             if role is not None:
@@ -218,14 +220,14 @@ def patterns(
             if contradiction:
                 continue
             parts: list[str | Wild] = []
-            for text, name in _template(template):
+            for text, field in _template(template):
                 if text:
                     if parts and isinstance(parts[-1], str):
                         parts[-1] += text
                     else:
                         parts.append(text)
-                if name is not None:
-                    value = values[name]
+                if field is not None:
+                    value = values[field]
                     if isinstance(value, str) and parts and isinstance(parts[-1], str):
                         parts[-1] += value
                     else:

@@ -48,8 +48,15 @@ def _b64(data: bytes) -> str:
 
 def craft(key: keyset.Key = KEY, header: dict[str, Any] | None = None, **changes: Any) -> str:
     now = int(time.time())
-    claims = {"iss": f"https://{HOST}", "aud": "sts.amazonaws.com", "sub": f"c1:myns:app:{ROLE}",
-              "iat": now, "nbf": now, "exp": now + 3600, **changes}
+    claims = {
+        "iss": f"https://{HOST}",
+        "aud": "sts.amazonaws.com",
+        "sub": f"c1:myns:app:{ROLE}",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        **changes,
+    }
     head = _b64(json.dumps(header or {"alg": "RS256", "kid": key.kid, "typ": "JWT"}).encode())
     signing = f"{head}.{_b64(json.dumps(claims).encode())}"
     return f"{signing}.{_b64(key.sign(signing.encode()))}"
@@ -104,7 +111,20 @@ def test_a_good_token_passes_every_check(tmp_path: pathlib.Path, issuer: tuple[s
     code, output = run(tmp_path, craft(), *with_issuer(issuer), "--role", ROLE)
     assert code == 0, output
     names = [line.split()[1].rstrip(":") for line in output.splitlines()]
-    assert names == ["token", "iss", "discovery", "kid", "signature", "aud", "sub", "alg", "lifetime", "exp", "clock", "aws"]
+    assert names == [
+        "token",
+        "iss",
+        "discovery",
+        "kid",
+        "signature",
+        "aud",
+        "sub",
+        "alg",
+        "lifetime",
+        "exp",
+        "clock",
+        "aws",
+    ]
     assert f"ok    aws: the generated trust policy of {ROLE} admits the token" in output
 
 
@@ -121,8 +141,11 @@ def test_offline_checks_skip_the_issuer(tmp_path: pathlib.Path) -> None:
         ({"aud": "sts.aws.com"}, [], "FAIL  aud: 'sts.aws.com', but endpoint aws's audience"),
         ({"sub": f"c1:other:app:{ROLE}"}, ["--role", ROLE], "FAIL  sub: 'c1:other:app:"),
         ({"exp": int(time.time()) - 10, "iat": int(time.time()) - 3610}, [], "FAIL  exp: expired"),
-        ({"iat": int(time.time()) + 600, "nbf": int(time.time()) + 600, "exp": int(time.time()) + 4200}, [],
-         "FAIL  clock: issued"),
+        (
+            {"iat": int(time.time()) + 600, "nbf": int(time.time()) + 600, "exp": int(time.time()) + 4200},
+            [],
+            "FAIL  clock: issued",
+        ),
         ({"exp": int(time.time()) + 7200}, [], "FAIL  lifetime: 7200s, but the endpoint mints 3600s tokens"),
     ],
 )

@@ -104,7 +104,9 @@ class World:
         label = {"aws": "aws-role", "azure": "azure-identity"}.get(endpoint, "none")
         pod = self.api.add_pod(namespace, f"app-{self._pods}", annotations={f"tremolo.io/{label}": role})
         sa_token = self.api.issue_token(namespace, sa, pod=pod, audiences=[harness.STS_AUDIENCE])
-        answer = harness.asgi_call(self.running.app, "POST", f"/{endpoint}/token", {"authorization": f"Bearer {sa_token}"})
+        answer = harness.asgi_call(
+            self.running.app, "POST", f"/{endpoint}/token", {"authorization": f"Bearer {sa_token}"}
+        )
         assert answer.status == 200, answer.json()
         return str(answer.json()["token"])
 
@@ -132,7 +134,9 @@ def aws_double(world: World, tmp_path: pathlib.Path) -> awssts.AWSSTS:
     sts = awssts.AWSSTS(ACCOUNT)
     provider = document["openIdConnectProvider"]
     assert "ThumbprintList" not in provider
-    sts.add_provider(awssts.Provider(provider["Url"], tuple(provider["ClientIDList"]), world.base("aws"), world.context))
+    sts.add_provider(
+        awssts.Provider(provider["Url"], tuple(provider["ClientIDList"]), world.base("aws"), world.context)
+    )
     assert [role["arn"] for role in document["roles"]] == [READER, WRITER]  # the roles the rules name
     for role in document["roles"]:
         sts.policies[role["arn"]] = role["trustPolicy"]
@@ -189,8 +193,9 @@ def test_aws_a_token_for_one_role_is_refused_by_every_other_roles_policy(world: 
 def test_aws_wrong_audience_is_refused(world: World, tmp_path: pathlib.Path) -> None:
     sts = aws_double(world, tmp_path)
     sts.providers["https://aws.issuer.example"].client_ids = ("sts.amazonaws.com", "sts.aws.com")
-    wrong = trust("--endpoint", "aws", values=VALUES.replace("audience: sts.amazonaws.com", "audience: sts.aws.com"),
-                  tmp=tmp_path)["aws"]
+    wrong = trust(
+        "--endpoint", "aws", values=VALUES.replace("audience: sts.amazonaws.com", "audience: sts.aws.com"), tmp=tmp_path
+    )["aws"]
     sts.policies[READER] = wrong["roles"][0]["trustPolicy"]  # the policy pins another audience
     assert assume(sts, READER, world.mint("aws", READER)) == "AccessDenied"
 
@@ -216,7 +221,9 @@ def test_aws_bucket_policy_and_shell(tmp_path: pathlib.Path) -> None:
     [statement] = document["bucketPolicy"]["Statement"]
     assert statement["Principal"] == {"Service": "cloudfront.amazonaws.com"} and statement["Action"] == "s3:GetObject"
     assert statement["Resource"] == "arn:aws:s3:::docs/*"
-    assert statement["Condition"] == {"StringEquals": {"AWS:SourceArn": f"arn:aws:cloudfront::{ACCOUNT}:distribution/E123"}}
+    assert statement["Condition"] == {
+        "StringEquals": {"AWS:SourceArn": f"arn:aws:cloudfront::{ACCOUNT}:distribution/E123"}
+    }
 
 
 # -- Azure --------------------------------------------------------------------------------------
@@ -236,7 +243,10 @@ def workload_identity(aad: entra.Entra, world: World, tmp_path: pathlib.Path, to
     token_file = tmp_path / "azure-token"
     token_file.write_text(token)
     return WorkloadIdentityCredential(
-        tenant_id=TENANT, client_id=CLIENT_ID, token_file_path=str(token_file), authority=aad.authority,
+        tenant_id=TENANT,
+        client_id=CLIENT_ID,
+        token_file_path=str(token_file),
+        authority=aad.authority,
         connection_verify=str(world.tls.ca),
     )
 
@@ -286,7 +296,11 @@ def google_credentials(world: World, gsts: gcpsts.GoogleSTS, tmp_path: pathlib.P
     token_file = tmp_path / "gcp-token"
     token_file.write_text(token)
     # the Pod's paths and Google's URL, pointed at this test's file and double
-    info = {**info, "token_url": gsts.token_url, "credential_source": {**info["credential_source"], "file": str(token_file)}}
+    info = {
+        **info,
+        "token_url": gsts.token_url,
+        "credential_source": {**info["credential_source"], "file": str(token_file)},
+    }
     return google.auth.identity_pool.Credentials.from_info(  # type: ignore[no-untyped-call]
         info, scopes=["https://www.googleapis.com/auth/cloud-platform"]
     )
@@ -299,8 +313,11 @@ def gsts(world: World, tmp_path: pathlib.Path) -> Iterator[gcpsts.GoogleSTS]:
     with gcpsts.GoogleSTS(world.tls.server_context()) as double:
         double.add_provider(
             gcpsts.Provider(
-                "//iam.googleapis.com/" + provider["name"], provider["oidc"]["issuerUri"], world.base("gcp"),
-                world.context, allowed_audiences=tuple(provider["oidc"]["allowedAudiences"]),
+                "//iam.googleapis.com/" + provider["name"],
+                provider["oidc"]["issuerUri"],
+                world.base("gcp"),
+                world.context,
+                allowed_audiences=tuple(provider["oidc"]["allowedAudiences"]),
             )
         )
         yield double
@@ -325,20 +342,26 @@ def test_google_identity_pool_with_the_generated_configuration(
 def test_google_refuses_another_audience(world: World, gsts: gcpsts.GoogleSTS, tmp_path: pathlib.Path) -> None:
     # the audience mismatch: the provider was created with another allowed audience
     [provider] = gsts.providers.values()
-    provider.allowed_audiences = ("https://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/other",)
+    provider.allowed_audiences = (
+        "https://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/other",
+    )
     credentials = google_credentials(world, gsts, tmp_path, world.mint("gcp"))
     with pytest.raises(google.auth.exceptions.OAuthError, match="audience"):
         credentials.refresh(google_request(world))
 
 
 def test_google_refuses_a_subject_that_can_exceed_127_bytes(tmp_path: pathlib.Path) -> None:
-    values = VALUES.replace('"(&(namespace=myns)(saname=app))"\n    issuer: {host: gcp', '"(namespace=myns)"\n    issuer: {host: gcp')
+    values = VALUES.replace(
+        '"(&(namespace=myns)(saname=app))"\n    issuer: {host: gcp', '"(namespace=myns)"\n    issuer: {host: gcp'
+    )
     path = tmp_path / "values.yaml"
     path.write_text(values)
     err = io.StringIO()
     assert command.main([str(path), "--endpoint", "gcp"], io.StringIO(), err) == 1
     line = err.getvalue().splitlines()[0]
-    assert line.startswith(f"{path}:30:7: error: sts.endpoints[2].azRules[0]: the sub 'test-cluster:myns:*' can be 271 bytes")
+    assert line.startswith(
+        f"{path}:30:7: error: sts.endpoints[2].azRules[0]: the sub 'test-cluster:myns:*' can be 271 bytes"
+    )
     assert line.endswith("[subject-too-long]")
 
 
@@ -350,7 +373,7 @@ def vault_login(world: World, tmp_path: pathlib.Path) -> Iterator[tuple[vault.Va
     document = trust("--endpoint", "vault", "--for", "vault", "--vault-policy", "reader", tmp=tmp_path)["vault"]
     with vault.Vault(world.context) as double:
         double.fetch_bases["https://vault.issuer.example"] = world.base("vault")
-        client = hvac.Client(url=double.url, token="root")  # noqa: S106
+        client = hvac.Client(url=double.url, token="root")
         mount = document["mount"]
         client.sys.enable_auth_method("jwt", path=mount)
         client.write_data(f"auth/{mount}/config", data=document["config"])
@@ -367,7 +390,12 @@ def test_vault_hvac_logs_in_with_the_generated_role(
     [login] = double.logins
     assert answer["auth"]["client_token"] == login.client_token == client.token
     assert answer["auth"]["policies"] == ["default", "reader"] and answer["auth"]["lease_duration"] == 3600
-    assert answer["auth"]["metadata"] == {"cluster": harness.CLUSTER, "namespace": "myns", "saname": "app", "role": "vault"}
+    assert answer["auth"]["metadata"] == {
+        "cluster": harness.CLUSTER,
+        "namespace": "myns",
+        "saname": "app",
+        "role": "vault",
+    }
 
 
 def test_vault_refuses_what_the_role_does_not_bind(
@@ -393,7 +421,7 @@ def test_vault_with_pem_keys_and_expiry_leeway(world: World, tmp_path: pathlib.P
     document = trust("--endpoint", "vault", "--for", "vault", "--keyset", str(keys), tmp=tmp_path)["vault"]
     assert "jwks_url" not in document["config"] and len(document["config"]["jwt_validation_pubkeys"]) == 1
     with vault.Vault() as double:
-        client = hvac.Client(url=double.url, token="root")  # noqa: S106
+        client = hvac.Client(url=double.url, token="root")
         client.sys.enable_auth_method("jwt", path="v")
         client.write_data("auth/v/config", data=document["config"])
         client.write_data("auth/v/role/vault", data=document["roles"]["vault"])
@@ -418,14 +446,24 @@ def test_trust_is_deterministic_and_has_shell_commands(tmp_path: pathlib.Path) -
         outputs = []
         for _ in range(2):
             out = io.StringIO()
-            assert command.main([str(path), "--endpoint", endpoint, *extra, "--format", "shell"], out, io.StringIO()) == 0
+            assert (
+                command.main([str(path), "--endpoint", endpoint, *extra, "--format", "shell"], out, io.StringIO()) == 0
+            )
             outputs.append(out.getvalue())
         assert outputs[0] == outputs[1]
         text += outputs[0]
-    assert "aws iam create-open-id-connect-provider --url https://aws.issuer.example --client-id-list sts.amazonaws.com" in text
+    assert (
+        "aws iam create-open-id-connect-provider --url https://aws.issuer.example --client-id-list sts.amazonaws.com"
+        in text
+    )
     assert "az identity federated-credential create --name" in text and "--audiences api://AzureADTokenExchange" in text
     assert "gcloud iam workload-identity-pools providers create-oidc kube-sts --project=123" in text
-    assert "vault auth enable -path=kube-sts-vault jwt" in text and "vault write auth/kube-sts-vault/role/vault - <<'EOF'" in text
+    assert (
+        "vault auth enable -path=kube-sts-vault jwt" in text
+        and "vault write auth/kube-sts-vault/role/vault - <<'EOF'" in text
+    )
     err = io.StringIO()
     assert command.main([str(path)], io.StringIO(), err) == 1  # every endpoint: vault's audience names no party
-    assert "cannot tell the relying party from the audience 'https://vault.example'; say it with --for" in err.getvalue()
+    assert (
+        "cannot tell the relying party from the audience 'https://vault.example'; say it with --for" in err.getvalue()
+    )
