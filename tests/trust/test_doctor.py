@@ -46,8 +46,12 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+NOW = 0  # parametrized times are offsets from the moment the token is crafted
+
+
 def craft(key: keyset.Key = KEY, header: dict[str, Any] | None = None, **changes: Any) -> str:
     now = int(time.time())
+    changes = {k: now + v - NOW if k in ("iat", "nbf", "exp") else v for k, v in changes.items()}
     claims = {
         "iss": f"https://{HOST}",
         "aud": "sts.amazonaws.com",
@@ -140,13 +144,13 @@ def test_offline_checks_skip_the_issuer(tmp_path: pathlib.Path) -> None:
         ({"iss": f"https://{HOST}/"}, [], f"FAIL  iss: 'https://{HOST}/' is not 'https://{HOST}'"),
         ({"aud": "sts.aws.com"}, [], "FAIL  aud: 'sts.aws.com', but endpoint aws's audience"),
         ({"sub": f"c1:other:app:{ROLE}"}, ["--role", ROLE], "FAIL  sub: 'c1:other:app:"),
-        ({"exp": int(time.time()) - 10, "iat": int(time.time()) - 3610}, [], "FAIL  exp: expired"),
+        ({"exp": NOW - 10, "iat": NOW - 3610}, [], "FAIL  exp: expired"),
         (
-            {"iat": int(time.time()) + 600, "nbf": int(time.time()) + 600, "exp": int(time.time()) + 4200},
+            {"iat": NOW + 600, "nbf": NOW + 600, "exp": NOW + 4200},
             [],
             "FAIL  clock: issued",
         ),
-        ({"exp": int(time.time()) + 7200}, [], "FAIL  lifetime: 7200s, but the endpoint mints 3600s tokens"),
+        ({"exp": NOW + 7200}, [], "FAIL  lifetime: 7200s, but the endpoint mints 3600s tokens"),
     ],
 )
 def test_each_claim_failure(tmp_path: pathlib.Path, changes: dict[str, Any], flags: list[str], expected: str) -> None:
