@@ -32,7 +32,8 @@ class Limits:
     handshake_timeout: float = 10.0
     """Seconds a TLS handshake may take."""
     max_connections: int = 1024
-    """Open (handshaken) connections; one more is answered 503 ``too_many_connections``."""
+    """Open (handshaken) connections; one more closes the least recently active one not being
+    answered (``transport.Connections``), or is answered 503 ``too_many_connections`` if all are."""
     keep_alive: int = 75
     """Seconds an idle keep-alive connection stays open between requests."""
 
