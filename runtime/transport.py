@@ -286,10 +286,12 @@ class MemoryReturn:
     glibc returns only the free memory at the top of its heap (``M_TRIM_THRESHOLD``); what a flood
     of connections freed below a block still in use stays resident, and ``malloc_trim(0)``
     releases it (``madvise(MADV_DONTNEED)`` on every free page of every arena). How much of the
-    free memory is resident cannot be read cheaply, so the trim runs when the heap has
-    ``threshold`` bytes free (``mallinfo2``) and the process's resident size grew by
-    ``threshold`` since the last trim: at most once per ``interval``, on the event loop, and not
-    again while nothing new was taken. Does nothing without glibc 2.33 (``available`` is False).
+    free memory is resident cannot be read cheaply, so the trim runs, at most once per
+    ``interval`` and on the event loop, when the heap's free bytes (``mallinfo2``) rose by
+    ``threshold`` above their lowest level since the last trim (a flood closed), or when the heap
+    has ``threshold`` bytes free and the resident size grew by as much since the last trim (a
+    flood reused trimmed pages and freed them again between two checks). Does nothing without
+    glibc 2.33 (``available`` is False).
     """
 
     def __init__(self, interval: float = 5.0, threshold: int = 8 * 1024 * 1024) -> None:
@@ -307,7 +309,9 @@ class MemoryReturn:
                 self._libc = None
         self._page = os.sysconf("SC_PAGE_SIZE") if self._libc is not None else 0
         self._settled = self._resident()
-        """The resident size right after the last trim (or at start)."""
+        """The lowest resident size since the last trim (or the start)."""
+        self._lowest = self._free()
+        """The lowest free heap size since the last trim (or the start)."""
 
     @property
     def available(self) -> bool:
@@ -332,15 +336,17 @@ class MemoryReturn:
             self._timer = None
 
     def check(self) -> bool:
-        """Trim if the heap holds ``threshold`` free bytes and the process grew as much; whether it did."""
-        resident = self._resident()
-        self._settled = min(self._settled, resident)
-        if resident - self._settled < self.threshold or (free := self._free()) < self.threshold:
+        """Trim if the heap freed ``threshold`` bytes, or holds as many and the process grew as much."""
+        resident, free = self._resident(), self._free()
+        self._settled, self._lowest = min(self._settled, resident), min(self._lowest, free)
+        freed = free - self._lowest >= self.threshold
+        regrown = free >= self.threshold and resident - self._settled >= self.threshold
+        if not (freed or regrown):
             return False
         started = time.perf_counter()
         self._libc.malloc_trim(0)
         self.trims += 1
-        self._settled = self._resident()
+        self._settled, self._lowest = self._resident(), self._free()
         log.debug(
             "returned %d MiB of freed heap memory (%d MiB free) in %.1f ms",
             (resident - self._settled) >> 20,
@@ -356,7 +362,8 @@ class MemoryReturn:
 
 
 class Server(uvicorn.Server):
-    """A uvicorn server whose TLS handshakes time out after ``bounds.handshake_timeout`` seconds.
+    """A uvicorn server whose TLS handshakes time out after ``bounds.handshake_timeout`` seconds,
+    and whose closing TLS connections wait ``bounds.shutdown_timeout`` for the peer's close_notify.
 
     uvicorn creates its listeners without the event loop's ``ssl_handshake_timeout``; this
     ``startup`` does what uvicorn's does for a host and port or given sockets, with it.
@@ -384,6 +391,7 @@ class Server(uvicorn.Server):
         options: dict[str, Any] = {"ssl": config.ssl, "backlog": config.backlog}
         if config.ssl is not None:
             options["ssl_handshake_timeout"] = self.bounds.handshake_timeout
+            options["ssl_shutdown_timeout"] = self.bounds.shutdown_timeout
         try:
             if sockets is not None:
                 self.servers = [await loop.create_server(create_protocol, sock=sock, **options) for sock in sockets]
