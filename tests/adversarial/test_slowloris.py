@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import pathlib
 import socket
 import ssl
@@ -163,3 +164,27 @@ def test_memory_returns_after_connection_floods(tmp_path: pathlib.Path) -> None:
         for held_count, peak, after in figures:
             assert held_count == count
             assert after <= before + (peak - before) / 2, figures
+
+
+def test_a_closed_connection_whose_client_stops_reading_is_released(tmp_path: pathlib.Path) -> None:
+    """A connection the server closed (here: 408) waits ``shutdown_timeout`` for the client's TLS
+    close_notify, then is dropped; the event loop's default kept it, and its memory, for 30 s."""
+    bounds = limits.Limits(request_timeout=1.0, shutdown_timeout=1.0)
+    with small_server(tmp_path, bounds) as (port, context, _release):
+        [stalled] = attacks.stalled_connections(context, port, 1, workers=1)
+        try:
+            deadline = time.monotonic() + 15  # well under the loop's 30 s
+            while time.monotonic() < deadline and not attacks.readable(stalled):
+                time.sleep(0.1)
+            assert attacks.readable(stalled)  # the 408 and the server's close_notify
+            released = time.monotonic()
+            # Never answering the close_notify, the client learns the server dropped the
+            # connection when the TCP stream ends.
+            raw = socket.socket(fileno=os.dup(stalled.fileno()))
+            try:
+                assert attacks.closed_within(raw, deadline - time.monotonic())
+            finally:
+                raw.close()
+            print(f"released {time.monotonic() - released:.1f}s after the server closed it")
+        finally:
+            stalled.close()
