@@ -7,7 +7,7 @@ import json
 import pathlib
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pydantic
 import pytest
 import ruamel.yaml
