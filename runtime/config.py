@@ -41,6 +41,25 @@ _HOSTNAME = re.compile(
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_FILE_PATH = re.compile(r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*){2,}$")
+TOKEN_ROOT = "/var/run/secrets/kube-sts"  # noqa: S105 (a path, not a secret)
+"""Where the minted token is mounted by default: ``<TOKEN_ROOT>/<endpoint>/token``."""
+RESERVED_TOKEN_DIRECTORIES = (
+    "/bin",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/proc",
+    "/run/secrets/kubernetes.io",
+    "/sbin",
+    "/sys",
+    "/tmp",  # noqa: S108 (refused: a read-only mount there breaks applications that write temporary files)
+    "/usr",
+    "/var/run/secrets/kube-sts-sa",
+    "/var/run/secrets/kubernetes.io",
+)
+"""Directories a token volume may not be mounted at or under: system folders an image needs, and
+where Kubernetes and the sidecar mount ServiceAccount tokens."""
 
 SUBJECT_FIELDS = frozenset({"cluster", "namespace", "saname", "pod", "role", "endpoint"})
 DEFAULT_SUBJECT = "{cluster}:{namespace}:{saname}"
@@ -265,10 +284,41 @@ class Injector(Model):
     """Accepted for compatibility; the sidecar always trusts exactly the STS's own CA."""
     extra_env: dict[EnvName, str] = {}
     """Further variables for application containers, e.g. `AWS_STS_REGIONAL_ENDPOINTS`."""
+    token_path: str | None = None
+    """Absolute path of the token file in the Pod's containers, e.g. `/tokens/token.jwt` (where
+    OpenUnison's sidecar wrote it). Its directory is the token volume's mount point (read-only in
+    application containers; anything the image has there is hidden). Default
+    `/var/run/secrets/kube-sts/<endpoint>/token`."""
+
+    @pydantic.field_validator("token_path")
+    @classmethod
+    def _token_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _FILE_PATH.match(value):
+            raise ValueError(
+                f"{value!r} is not an absolute file path in a directory of its own, such as '/tokens/token.jwt' "
+                "(letters, digits, '.', '_', '-'; no '.' or '..' parts, no trailing '/')"
+            )
+        directory = value.rsplit("/", 1)[0]
+        for reserved in RESERVED_TOKEN_DIRECTORIES:
+            if directory == reserved or directory.startswith(reserved + "/"):
+                raise ValueError(
+                    f"{value!r}: the token may not be mounted at or under {reserved}; choose another folder"
+                )
+        return value
 
     @property
     def label_key(self) -> str:
         return LABEL_PREFIX + self.label
+
+    def token_file(self, endpoint: str) -> str:
+        """Where application containers read the token of ``endpoint`` (the endpoint's name)."""
+        return self.token_path if self.token_path is not None else f"{TOKEN_ROOT}/{endpoint}/token"
+
+    def token_directory(self, endpoint: str) -> str:
+        """The token volume's mount point: the token file's directory."""
+        return self.token_file(endpoint).rsplit("/", 1)[0]
 
 
 class Endpoint(Model):
@@ -281,7 +331,8 @@ class Endpoint(Model):
     path: Annotated[str, _check(_PATH, "a URL path such as '/aws' (starts with '/', no trailing '/')")]
     """URL prefix of this endpoint on the token service, e.g. `/aws`."""
     az_rules: Annotated[list[AzRule], Field(alias="azRules")] = []
-    """Authorization rules, OR-ed. No rules means no caller is allowed."""
+    """Authorization rules, OR-ed. No rules means no caller is allowed, so `sts-compile` refuses an
+    endpoint without rules (`no-az-rules`: OpenUnison read none as allow-all); the runtime denies."""
     issuer: Issuer
     """The issuer relying parties trust."""
     injector: Injector | None = None

@@ -8,8 +8,9 @@ nothing more for it, so a second pass returns an empty patch.
 Rules:
 - a Pod is injected for an endpoint when it carries the label ``tremolo.io/<label>`` and a
   non-empty annotation of the same key (the value, e.g. an AWS role ARN);
-- application and init containers get the token volume read-only at
-  ``/var/run/secrets/kube-sts/<endpoint>`` and the variables, unless they already set them or are
+- application and init containers get the token volume read-only at the directory of the
+  endpoint's token file (``injector.tokenPath``, default ``/var/run/secrets/kube-sts/<endpoint>/token``)
+  and the variables, unless they already set them or are
   listed in the ``kube-sts.tremolo.io/exclude-containers`` annotation (comma-separated names);
 - AWS rule: an endpoint whose token variable is ``AWS_WEB_IDENTITY_TOKEN_FILE`` (the variable
   every AWS SDK reads) also gets ``AWS_STS_REGIONAL_ENDPOINTS=regional`` unless its
@@ -66,7 +67,7 @@ __all__ = [
 
 MARKER_ANNOTATION = "kube-sts.tremolo.io/injected"
 EXCLUDE_ANNOTATION = "kube-sts.tremolo.io/exclude-containers"
-TOKEN_ROOT = "/var/run/secrets/kube-sts"  # noqa: S105 (a path, not a secret)
+TOKEN_ROOT = config.TOKEN_ROOT
 SA_TOKEN_ROOT = "/var/run/secrets/kube-sts-sa"  # noqa: S105 (a path)
 API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 (a path)
 """Where the API server's ServiceAccount admission mounts the API token into every container that
@@ -124,12 +125,16 @@ def sidecar_name(endpoint: str) -> str:
     return _name("kube-sts-", endpoint)
 
 
-def token_dir(endpoint: str) -> str:
-    return f"{TOKEN_ROOT}/{endpoint}"
+def token_dir(endpoint: config.Endpoint) -> str:
+    """The token volume's mount point (the token file's directory)."""
+    assert endpoint.injector is not None
+    return endpoint.injector.token_directory(endpoint.name)
 
 
-def token_path(endpoint: str) -> str:
-    return f"{token_dir(endpoint)}/token"
+def token_path(endpoint: config.Endpoint) -> str:
+    """The token file the sidecar writes and the token variable names."""
+    assert endpoint.injector is not None
+    return endpoint.injector.token_file(endpoint.name)
 
 
 def app_env(endpoint: config.Endpoint, value: str) -> list[tuple[str, str]]:
@@ -137,7 +142,7 @@ def app_env(endpoint: config.Endpoint, value: str) -> list[tuple[str, str]]:
     injector = endpoint.injector
     assert injector is not None
     env = [
-        (injector.token_environment_variable_name, token_path(endpoint.name)),
+        (injector.token_environment_variable_name, token_path(endpoint)),
         (injector.label_value_environment_variable_name, value),
     ]
     extras = dict(injector.extra_env)
@@ -154,7 +159,7 @@ def sidecar_args(runtime: config.RuntimeConfig, endpoint: config.Endpoint, *, on
         "--service-account-token",
         f"{SA_TOKEN_ROOT}/{endpoint.name}/token",
         "--token-file",
-        token_path(endpoint.name),
+        token_path(endpoint),
         "--ca-env",
         CA_ENV,
     ]
@@ -197,7 +202,7 @@ def _sidecar(
         "resources": {kind: dict(values) for kind, values in sorted(runtime.sidecar_resources.items())},
         "securityContext": _security_context(pod),
         "volumeMounts": [
-            {"name": _name("kube-sts-", endpoint.name, "-token"), "mountPath": token_dir(endpoint.name)},
+            {"name": _name("kube-sts-", endpoint.name, "-token"), "mountPath": token_dir(endpoint)},
             {
                 "name": _name("kube-sts-", endpoint.name, "-sa"),
                 "mountPath": f"{SA_TOKEN_ROOT}/{endpoint.name}",
@@ -207,7 +212,7 @@ def _sidecar(
         ],
     }
     if mode != "once":
-        check = {"exec": {"command": [SIDECAR_COMMAND, "--check", "--token-file", token_path(endpoint.name)]}}
+        check = {"exec": {"command": [SIDECAR_COMMAND, "--check", "--token-file", token_path(endpoint)]}}
         container["readinessProbe"] = {**check, "periodSeconds": 10, "failureThreshold": 3}
     if mode == "native":
         container["restartPolicy"] = "Always"
@@ -474,7 +479,7 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
                 builder.append("/spec/containers", spec.get("containers"), loop)
         mount = {
             "name": _name("kube-sts-", endpoint.name, "-token"),
-            "mountPath": token_dir(endpoint.name),
+            "mountPath": token_dir(endpoint),
             "readOnly": True,
         }
         env = app_env(endpoint, value.strip())
