@@ -235,4 +235,3 @@ def test_two_endpoints_cannot_share_a_token_directory() -> None:
     [(line, column, path, code)] = problems(text)
     assert (path, code) == ("sts.endpoints[1].injector.tokenPath", "duplicate-token-directory")
     assert text.splitlines()[line - 1][column - 1 :] == "/tokens/other.jwt"
-
