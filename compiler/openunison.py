@@ -14,14 +14,19 @@ as it is:
   Any other string is kube-sts's own image reference (``repository[:tag][@digest]``).
 
 Every other key is checked as strictly as in any values file, so a typo still gets "did you mean".
+In such a file an endpoint whose key set is ``managed`` gets a warning (``rekeys``): kube-sts
+would make a new key, and the relying parties trust OpenUnison's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SECTIONS", "STS_SECTIONS", "Note", "is_openunison_image", "split"]
+if TYPE_CHECKING:
+    from kube_sts.compiler import values
+
+__all__ = ["SECTIONS", "STS_SECTIONS", "Note", "is_openunison_image", "rekeys", "split"]
 
 SECTIONS = frozenset(
     {
@@ -101,3 +106,20 @@ def split(document: dict[str, Any]) -> tuple[dict[str, Any], list[Note]]:
                 inner[key] = value
         kept["sts"] = inner
     return kept, notes
+
+
+def rekeys(sts: values.Sts) -> list[values.Conflict]:
+    """Endpoints of an OpenUnison values file that would sign with a new key instead of OpenUnison's."""
+    from kube_sts.compiler import values  # noqa: PLC0415 - values imports nothing from here
+
+    return [
+        values.Conflict(
+            ("sts", "endpoints", index, "issuer", "keypair"),
+            f"OpenUnison signed this endpoint's tokens with its key pair {endpoint.issuer.keypair!r}, but this key set "
+            "is managed: kube-sts would make a new key, and relying parties trust only the old one until you publish "
+            "the new one. Import the key pair (sts-compile keys import-openunison) and set issuer.keys.mode: provided",
+            "openunison-rekey",
+        )
+        for index, endpoint in enumerate(sts.endpoints)
+        if endpoint.issuer.keys.mode == "managed"
+    ]

@@ -45,6 +45,10 @@ reads are ignored, each with one line on stderr
 at the top level @TOP@; under `sts:` @STS@, and `sts.image` when it names OpenUnison's token
 sidecar (`.../openunison-cli`, its chart's default; any other string is kube-sts's own image,
 `repository[:tag][@digest]`). Any other unknown key is still an error with a "did you mean" hint.
+In such a file an endpoint whose key set is `managed` gets a warning (`openunison-rekey`): kube-sts
+would sign with a new key, while the relying parties trust OpenUnison's; import that key pair with
+`sts-compile keys import-openunison` and set `issuer.keys.mode: provided` (README, "Migrating
+from OpenUnison").
 
 **An endpoint without `azRules` is an error** (`no-az-rules`), with the fix in the message. No
 rules means that no caller may use the endpoint; in OpenUnison it meant that every ServiceAccount

@@ -64,7 +64,10 @@ def check(text: str) -> Checked:
     ]
     if problems:
         raise diagnostics.ValuesError(problems)
-    warnings = {_positioned(tree, w.loc, w.message, w.code) for w in values.warnings(model.sts)}
+    cautions = values.warnings(model.sts)
+    if ignored or model.k8s_cluster_name is not None:  # an OpenUnison values file
+        cautions += openunison.rekeys(model.sts)
+    warnings = {_positioned(tree, w.loc, w.message, w.code) for w in cautions}
     notes = {_key_note(tree, note) for note in ignored}
     return Checked(model, tuple(sorted(warnings)), tuple(sorted(notes)))
 

@@ -118,8 +118,23 @@ def test_the_charts_own_defaults_compile() -> None:
         ("sts.image", "openunison-ignored"),
         ("sts.openunison", "openunison-ignored"),
     ]
-    assert checked.warnings == ()
+    # its key set is managed (no keys: section): kube-sts would make a new key
+    assert [(w.line, w.column, w.path, w.code) for w in checked.warnings] == [
+        (16, 16, "sts.endpoints[0].issuer.keypair", "openunison-rekey")
+    ]
     assert checked.model.sts.cluster == "kubernetes"  # OpenUnison's own default for k8s_cluster_name
+    provided = CHART_DEFAULTS.replace(
+        '      keypair: "unison-saml2-rp-sig"\n',
+        '      keypair: "unison-saml2-rp-sig"\n      keys:\n        mode: provided\n',
+    )
+    assert source.check(provided).warnings == ()
+
+
+def test_a_kube_sts_values_file_gets_no_rekey_warning() -> None:
+    plain = CHART_DEFAULTS.split("  endpoints:\n", 1)[1]
+    plain = "sts:\n  endpoints:\n" + plain
+    checked = source.check(plain)
+    assert checked.notes == () and checked.warnings == ()
 
 
 @pytest.mark.parametrize(
