@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import pathlib
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import jwt
@@ -375,3 +377,35 @@ def test_readiness_checks_plug_in(app: server.App) -> None:
     ready = harness.asgi_call(app, "GET", "/readyz").json()
     assert ready["ready"] is False
     assert {"ready": False, "detail": "certificate expired"} in ready["checks"].values()
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_concurrent_callers_with_a_slow_api_server(
+    api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, tmp_path: pathlib.Path, algorithm: str
+) -> None:
+    """24 callers at once on real uvicorn while every API server answer takes 50 ms: all are served,
+    each with its own TokenReview (a chosen answer delay: the double's ``delay``)."""
+    harness.write_keyset(tmp_path / "keys", "aws", algorithm)
+    runtime = harness.runtime_config(harness.endpoint(algorithm=algorithm, session_tags=True))
+    app = harness.make_app(runtime, kube, tmp_path / "keys")
+    tls = harness.make_tls(tmp_path / "tls")
+    context = tls.client_context()
+    api_server.delay = 0.05
+    callers = []
+    for index in range(24):
+        pod = api_server.add_pod("myns", f"app-{index}")
+        callers.append(api_server.issue_token("myns", "app", pod=pod, audiences=[harness.STS_AUDIENCE]))
+
+    with harness.RunningServer(app, tls) as running:
+
+        def call(token: str) -> int:
+            request = urllib.request.Request(
+                running.url + "/aws/token", method="POST", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, context=context, timeout=20) as response:
+                return int(response.status)
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(call, callers))
+    assert statuses == [200] * 24
+    assert len(api_server.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 24
