@@ -1,5 +1,5 @@
 """``kube-sts-server``: its console script and a config that cannot be loaded (the process serving
-tokens against the real API server is tests/controlplane/test_entrypoint.py)."""
+tokens against the real API server is tests/controlplane/test_server_process.py)."""
 
 from __future__ import annotations
 
