@@ -606,7 +606,9 @@ class APIServer:
         if entry.pod_name is not None and self.verify_bindings:
             pod = self.objects.get(("v1", "pods", entry.namespace, entry.pod_name))
             if pod is None:
-                return f'[invalid bearer token, pod "{entry.pod_name}" not found, unknown]'
+                return (
+                    "[invalid bearer token, service account token has been invalidated]"  # kube-apiserver 1.36's text
+                )
             if pod["metadata"]["uid"] != entry.pod_uid:
                 return (
                     f"[invalid bearer token, pod UID ({pod['metadata']['uid']}) does not match "
