@@ -10,6 +10,7 @@ import pathlib
 import re
 from collections.abc import Iterator
 
+import kubernetes
 import pytest
 
 from kube_sts.runtime import kubeapi
@@ -51,6 +52,19 @@ def runtime_kube(deployed: deployment.Deployment) -> Iterator[kubeapi.KubeAPI]:
     account = deployed.one("ServiceAccount")["metadata"]["name"]
     token = plane.token(deployed.namespace, account, cluster.API_AUDIENCE, seconds=24 * 3600)
     client = kubeapi.KubeAPI.for_host(plane.url, token=token, ca_file=str(plane.ca_file), timeout=5.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def admin_kube(control_plane: cluster.ControlPlane) -> Iterator[kubeapi.KubeAPI]:
+    """The runtime's client class with the admin kubeconfig (client certificate in system:masters)."""
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(control_plane.kubeconfig), client_configuration=configuration
+    )
+    configuration.retries = False
+    client = kubeapi.KubeAPI(kubernetes.client.ApiClient(configuration), timeout=5.0)
     yield client
     client.close()
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 
 from kube_sts.runtime import kubeapi
@@ -21,19 +19,6 @@ from tests.controlplane.test_exchange import create_pod
 STS_AUDIENCE = "kube-sts"
 ROLE = "arn:aws:iam::1:role/r"
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def admin(control_plane: cluster.ControlPlane) -> Iterator[kubeapi.KubeAPI]:
-    """The runtime's client class with the admin kubeconfig (client certificate in system:masters)."""
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=str(control_plane.kubeconfig), client_configuration=configuration
-    )
-    configuration.retries = False
-    client = kubeapi.KubeAPI(kubernetes.client.ApiClient(configuration), timeout=5.0)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -117,24 +102,26 @@ def test_pod_metadata_is_a_partial_object_metadata_get(runtime_kube: kubeapi.Kub
         runtime_kube.pod_metadata("myns", "gone")
 
 
-def test_secret_create_get_replace_conflict(control_plane: cluster.ControlPlane, admin: kubeapi.KubeAPI) -> None:
+def test_secret_create_get_replace_conflict(control_plane: cluster.ControlPlane, admin_kube: kubeapi.KubeAPI) -> None:
     control_plane.create_namespace("sts")
     secret = kubeapi.Secret("keys", "sts", {"keyset.json": b"{}"}, "")
-    created = admin.create_secret(secret)
+    created = admin_kube.create_secret(secret)
     assert created.resource_version
     with pytest.raises(kubeapi.AlreadyExistsError):
-        admin.create_secret(secret)
+        admin_kube.create_secret(secret)
     stored = control_plane.get("secret", "keys", "sts")
     assert stored is not None and stored["data"] == {"keyset.json": base64.b64encode(b"{}").decode()}
-    updated = admin.replace_secret(kubeapi.Secret("keys", "sts", {"keyset.json": b"[1]"}, ""), created.resource_version)
+    updated = admin_kube.replace_secret(
+        kubeapi.Secret("keys", "sts", {"keyset.json": b"[1]"}, ""), created.resource_version
+    )
     assert int(updated.resource_version) > int(created.resource_version)
-    assert admin.get_secret("sts", "keys").data == {"keyset.json": b"[1]"}
+    assert admin_kube.get_secret("sts", "keys").data == {"keyset.json": b"[1]"}
     with pytest.raises(kubeapi.ConflictError):
-        admin.replace_secret(kubeapi.Secret("keys", "sts", {"keyset.json": b"[2]"}, ""), created.resource_version)
+        admin_kube.replace_secret(kubeapi.Secret("keys", "sts", {"keyset.json": b"[2]"}, ""), created.resource_version)
     with pytest.raises(kubeapi.NotFoundError):
-        admin.get_secret("sts", "other")
+        admin_kube.get_secret("sts", "other")
     with pytest.raises(kubeapi.NotFoundError):
-        admin.replace_secret(kubeapi.Secret("other", "sts", {}, ""), "1")
+        admin_kube.replace_secret(kubeapi.Secret("other", "sts", {}, ""), "1")
 
 
 # A webhook that no request reaches: it matches only objects labelled "never" and may fail.
@@ -149,7 +136,7 @@ _HOOK: dict[str, Any] = {
 }
 
 
-def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin: kubeapi.KubeAPI) -> None:
+def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin_kube: kubeapi.KubeAPI) -> None:
     name = "kube-sts-client-test"
     control_plane.apply(
         {
@@ -160,14 +147,14 @@ def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin:
         }
     )
     try:
-        before = admin.get_mutating_webhook(name)
+        before = admin_kube.get_mutating_webhook(name)
         assert "caBundle" not in before["webhooks"][0]["clientConfig"]
-        patched = admin.patch_mutating_webhook(
+        patched = admin_kube.patch_mutating_webhook(
             name, [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "Q0E="}]
         )
         assert patched["webhooks"][0]["clientConfig"]["caBundle"] == "Q0E="
         assert int(patched["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
-        strategic = admin.patch_mutating_webhook(
+        strategic = admin_kube.patch_mutating_webhook(
             name, {"webhooks": [{"name": "aws.kube-sts.io", "clientConfig": {"caBundle": "Qg=="}}]}, "strategic"
         )
         # merged by name: the webhook keeps its other fields (a merge patch would replace the list
@@ -181,6 +168,6 @@ def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin:
         stored = control_plane.get("mutatingwebhookconfiguration", name)
         assert stored is not None and stored["webhooks"] == strategic["webhooks"]
         with pytest.raises(kubeapi.NotFoundError):
-            admin.get_mutating_webhook("missing")
+            admin_kube.get_mutating_webhook("missing")
     finally:
         control_plane.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
