@@ -31,11 +31,13 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+import kubernetes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kube_sts.runtime import kubeapi
 from tests.controlplane import binaries
 from tests.runtime import harness
 
@@ -322,6 +324,15 @@ class ControlPlane:
                 for account in ("default", "app")
             ),
         )
+
+    def admin_api(self, timeout: float = 5.0) -> kubeapi.KubeAPI:
+        """The runtime's client class with the admin kubeconfig (client certificate in system:masters)."""
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig), client_configuration=configuration
+        )
+        configuration.retries = False
+        return kubeapi.KubeAPI(kubernetes.client.ApiClient(configuration), timeout)
 
     def kubeconfig_for(self, name: str, token: str) -> pathlib.Path:
         return write_kubeconfig(self.directory / f"{name}.kubeconfig", self.url, self.ca_file, {"token": token})

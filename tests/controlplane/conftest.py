@@ -10,7 +10,6 @@ import pathlib
 import re
 from collections.abc import Iterator
 
-import kubernetes
 import pytest
 
 from kube_sts.runtime import kubeapi
@@ -59,12 +58,7 @@ def runtime_kube(deployed: deployment.Deployment) -> Iterator[kubeapi.KubeAPI]:
 @pytest.fixture(scope="session")
 def admin_kube(control_plane: cluster.ControlPlane) -> Iterator[kubeapi.KubeAPI]:
     """The runtime's client class with the admin kubeconfig (client certificate in system:masters)."""
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=str(control_plane.kubeconfig), client_configuration=configuration
-    )
-    configuration.retries = False
-    client = kubeapi.KubeAPI(kubernetes.client.ApiClient(configuration), timeout=5.0)
+    client = control_plane.admin_api()
     yield client
     client.close()
 
