@@ -12,6 +12,7 @@ import logging
 import pathlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -169,3 +170,21 @@ def test_subject_template_and_session_tags(
         "principal_tags": {"cluster": ["test-cluster"], "namespace": ["myns"], "saname": ["app"]},
         "transitive_tag_keys": ["cluster", "namespace", "saname"],
     }
+
+
+def test_an_unexpected_failure_is_a_json_500_with_an_audit_line(
+    plane: cluster.ControlPlane, app: server.App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(app.kube, "token_review", broken)
+    # a token the cluster really signed, so it passes the local checks and reaches the review
+    token = pod_token(plane)
+    with caplog.at_level(logging.ERROR):
+        answer = harness.asgi_call(app, "POST", "/aws/token", {"authorization": f"Bearer {token}"})
+    assert answer.status == 500
+    assert answer.json() == {"error": "internal_error", "message": "internal error; see the server log"}
+    assert "secret detail" in caplog.text and b"secret" not in answer.body
+    [line] = harness.audit_lines(app)
+    assert (line["decision"], line["reason"]) == ("error", "internal_error")
