@@ -12,7 +12,7 @@ import pytest
 
 from kube_sts.runtime import kubeapi, limits, server
 from tests.adversarial import attacks
-from tests.e2e.test_end_to_end import Runtime
+from tests.adversarial.attacks import Runtime
 from tests.runtime import harness
 
 
