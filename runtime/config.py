@@ -271,8 +271,9 @@ class Injector(Model):
     """What the admission webhook injects into Pods labelled `tremolo.io/<label>`."""
 
     label: LabelName
-    """Pods labelled `tremolo.io/<label>` get the sidecar; the annotation of the same key holds
-    the value (for AWS, the role ARN)."""
+    """Pods labelled `tremolo.io/<label>` get the sidecar; the annotation of the same key, on the
+    Pod or on its ServiceAccount (which wins), holds the value (for AWS, the role ARN; a
+    ServiceAccount's `eks.amazonaws.com/role-arn` counts too)."""
     token_environment_variable_name: Annotated[EnvName, Field(alias="token_environment_variable_name")]
     """Variable set to the token file's path, e.g. `AWS_WEB_IDENTITY_TOKEN_FILE`."""
     label_value_environment_variable_name: Annotated[EnvName, Field(alias="label_value_environment_variable_name")]

@@ -158,7 +158,7 @@ def test_include_and_exclude_together_are_refused() -> None:
     )
 
 
-def test_annotation_keys_share_the_projects_domain() -> None:
+def test_annotation_keys_share_the_projects_domain_and_are_documented() -> None:
     keys = (
         config.MARKER_ANNOTATION,
         config.EXCLUDE_ANNOTATION,
@@ -167,6 +167,11 @@ def test_annotation_keys_share_the_projects_domain() -> None:
     )
     assert all(key.startswith("kube-sts.tremolo.io/") for key in keys)
     assert config.LABEL_PREFIX == "tremolo.io/"
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("#### Per-Pod choices") :]
+    for key in keys:
+        assert f"| `{key}" in table, key
+    assert config.EKS_ROLE_ANNOTATION in readme[readme.index("#### Bind the role to the ServiceAccount") :]
 
 
 @pytest.mark.parametrize("value", ["600", "900", "15m", "1h", " 3600 "])
