@@ -132,6 +132,8 @@ def test_a_container_added_by_a_later_webhook_is_completed_on_reinvocation(
     runtime: deployment.Runtime, mesh: list[dict[str, Any]], namespace: str
 ) -> None:
     plane = runtime.deployment.plane
+    ours = plane.get("mutatingwebhookconfiguration", "kube-sts-aws")
+    assert ours is not None and [hook["reinvocationPolicy"] for hook in ours["webhooks"]] == ["IfNeeded"]
     before = runtime.admission_reviews()
     stored = create(plane, namespace, meshed(namespace, "meshed"))
     found = containers(stored)
