@@ -442,11 +442,10 @@ def _role(endpoint: config.Endpoint, annotations: Mapping[str, Any], account: Ma
     except authorizer.RoleConflictError as conflict:
         raise RefusedError(422, conflict.message) from None
     if value is not None and len(value) > MAX_VALUE:
-        where = "" if value is annotations.get(endpoint.injector.label_key) else "ServiceAccount's "
+        bound = [key for key in endpoint.account_role_keys if (account or {}).get(key, "").strip()]
+        where = f"ServiceAccount's annotation {bound[0]}" if bound else f"annotation {endpoint.injector.label_key}"
         raise RefusedError(
-            400,
-            f"kube-sts: the {where}annotation {endpoint.injector.label_key} is {len(value)} characters long; "
-            f"at most {MAX_VALUE} are accepted",
+            400, f"kube-sts: the {where} is {len(value)} characters long; at most {MAX_VALUE} are accepted"
         )
     return value.strip() if value is not None and value.strip() else None
 

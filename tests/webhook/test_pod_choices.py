@@ -335,3 +335,12 @@ def test_a_missing_service_account_binds_nothing(api_server: apiserver.APIServer
     patched = patched_by(run_review(api_server, keys, seed_pod()), seed_pod())
     assert env_of(patched["spec"]["containers"][0])["AWS_ROLE_ARN"] == ROLE
     assert len(api_server.requests_to("/api/v1/namespaces/team/serviceaccounts/default")) == 1
+
+
+def test_a_service_account_role_over_the_cap_is_refused() -> None:
+    long_role = "arn:aws:iam::123456789012:role/" + "r" * injection.MAX_VALUE
+    assert refused(runtime(), sa_pod(), {config.EKS_ROLE_ANNOTATION: long_role}) == (
+        400,
+        f"kube-sts: the ServiceAccount's annotation eks.amazonaws.com/role-arn is {len(long_role)} characters long; "
+        f"at most {injection.MAX_VALUE} are accepted",
+    )
