@@ -99,6 +99,8 @@ MAX_ENTRIES = 1024
 """Entries of ``volumes``, and of ``env`` and ``volumeMounts`` in one container."""
 MAX_VALUE = 2048
 """Characters of the annotation's value (an IAM role ARN is at most 2,048; other providers' ids are shorter)."""
+MAX_NAME = 253
+"""Characters of a ServiceAccount's name (a DNS subdomain)."""
 MAX_OPERATIONS = 1024
 """Operations in one patch: 128 containers times a mount and three AWS variables is about 520."""
 
@@ -364,6 +366,11 @@ def check(pod: Mapping[str, Any]) -> None:
     context = _object(spec, "securityContext", "spec.securityContext")
     _typed(context, "runAsUser", "spec.securityContext.runAsUser", int, "an integer", required=False)
     _typed(spec, "restartPolicy", "spec.restartPolicy", str, "a string", required=False)
+    _typed(metadata, "namespace", "metadata.namespace", str, "a string", required=False)
+    for field in ("serviceAccountName", "serviceAccount"):  # whose annotations the webhook reads
+        _typed(spec, field, f"spec.{field}", str, "a string", required=False)
+        if len(spec.get(field) or "") > MAX_NAME:
+            raise _malformed(f"spec.{field}", f"a name of at most {MAX_NAME} characters")
     _entries(spec, "ephemeralContainers", "spec.ephemeralContainers", MAX_CONTAINERS)
     for index, volume in enumerate(_entries(spec, "volumes", "spec.volumes", MAX_ENTRIES)):
         _typed(volume, "name", f"spec.volumes[{index}].name", str, "a string", required=True)

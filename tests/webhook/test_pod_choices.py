@@ -344,3 +344,22 @@ def test_a_service_account_role_over_the_cap_is_refused() -> None:
         f"kube-sts: the ServiceAccount's annotation eks.amazonaws.com/role-arn is {len(long_role)} characters long; "
         f"at most {injection.MAX_VALUE} are accepted",
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("serviceAccountName", 7, "a string"),
+        ("serviceAccount", ["irsa"], "a string"),
+        ("serviceAccountName", "a" * 254, "a name of at most 253 characters"),
+    ],
+)
+def test_a_malformed_service_account_name_is_refused_before_any_read(
+    api_server: apiserver.APIServer, keys: pathlib.Path, field: str, value: Any, expected: str
+) -> None:
+    pod = seed_pod()
+    pod["spec"][field] = value
+    response = run_review(api_server, keys, pod)
+    message = f"kube-sts: the Pod is malformed: spec.{field} must be {expected}"
+    assert response["status"] == {"code": 400, "message": message}
+    assert api_server.requests_to("/api/v1/namespaces/team/serviceaccounts") == []
