@@ -60,10 +60,10 @@ fix is one explicit line: `(namespace=*)` keeps OpenUnison's allow-all, a narrow
 ## What is rendered
 
 In apply order: Namespace (Pod Security `restricted`), ServiceAccount, ClusterRole and binding
-(`create tokenreviews`, `get pods`), Role and binding for Secrets, in `runtime` TLS mode a
-ClusterRole and binding for `get/patch/update` of our own MutatingWebhookConfigurations (by
-`resourceNames`), the ConfigMap `<name>-config` holding the runtime's `config.json`, in
-`cert-manager` mode a self-signed Issuer, a CA Certificate, a CA Issuer and the serving
+(`create tokenreviews`, `get pods`, `get serviceaccounts`), Role and binding for Secrets, in
+`runtime` TLS mode a ClusterRole and binding for `get/patch/update` of our own
+MutatingWebhookConfigurations (by `resourceNames`), the ConfigMap `<name>-config` holding the
+runtime's `config.json`, in `cert-manager` mode a self-signed Issuer, a CA Certificate, a CA Issuer and the serving
 Certificate, the Service (443 -> 8443), the Deployment, a PodDisruptionBudget, a NetworkPolicy
 (ingress only on TCP 8443: the API server calls the webhook and sidecars call the token service
 on the same port) and one MutatingWebhookConfiguration per endpoint with an `injector`, last.

@@ -9,15 +9,17 @@ an API call unless the cluster really issued it:
    server, readable by every ServiceAccount; refreshed every ``JWKS_REFRESH`` seconds and on an
    unknown ``kid`` at most once per ``JWKS_RETRY`` seconds), RS256 or ES256;
 3. only then a TokenReview for our audience (authenticated, our audience in
-   ``status.audiences``, a Pod binding) and a metadata-only read of the bound Pod, whose uid
-   must match.
+   ``status.audiences``, a Pod binding), a metadata-only read of the bound Pod, whose uid
+   must match, and a metadata-only read of its ServiceAccount (whose annotations may bind the
+   Pod to a role: ``authorizer.role_of``; skipped when no endpoint has an injector).
 
 Answers are remembered by a SHA-256 of the token: identities for ``cache_ttl`` seconds (never
 past the token's ``exp``; bounded in entries and bytes; expired entries purged), refusals (401)
 for ``FAILURE_TTL`` seconds (bounded). Concurrent requests with one uncached token share one
 validation. An identity keeps only what rules and minting use: namespace, ServiceAccount, Pod
-and the values of the endpoints' role annotations (``tremolo.io/<label>``), never the Pod's
-other annotations; a role value longer than ``MAX_ROLE`` characters is kept as
+and the values of the endpoints' role annotations (``tremolo.io/<label>`` on the Pod, the
+role bindings on the ServiceAccount) and of the Pod's token lifetime annotation, never other
+annotations; a role value longer than ``MAX_ROLE`` characters is kept as
 ``ROLE_TOO_LONG``, which no rule matches (``filter``: values outside printable ASCII).
 
 When the cluster's keys cannot be read (the discovery binding removed, an API server without
@@ -102,14 +104,24 @@ class Identity:
     roles: tuple[tuple[str, str], ...]
     """The Pod's role annotations (``tremolo.io/<label>`` of the configured injectors) only."""
     token_expires: int
+    account_roles: tuple[tuple[str, str], ...] = ()
+    """The ServiceAccount's role bindings (``config.Endpoint.account_role_keys`` of the endpoints) only."""
+    lifetime: str | None = None
+    """The Pod's ``kube-sts.tremolo.io/token-lifetime`` annotation, if any (at most ``MAX_ROLE`` characters)."""
 
     @property
     def role_annotations(self) -> Mapping[str, str]:
         return dict(self.roles)
 
+    @property
+    def account_annotations(self) -> Mapping[str, str]:
+        return dict(self.account_roles)
+
     def cost(self) -> int:
         """Roughly the bytes this identity holds (for the cache's byte bound)."""
-        strings = (self.namespace, self.saname, self.pod, self.pod_uid, *(s for pair in self.roles for s in pair))
+        pairs = (*self.roles, *self.account_roles)
+        strings = [self.namespace, self.saname, self.pod, self.pod_uid, self.lifetime or ""]
+        strings += [s for pair in pairs for s in pair]
         return 256 + sum(64 + len(s) for s in strings)
 
 
@@ -442,6 +454,7 @@ class Callers:
         self.budget = _Budget(FALLBACK_RATE, FALLBACK_BURST)
         self.cluster_keys = cluster_keys or ClusterKeys(kube.service_account_issuer)
         self.labels = tuple(sorted({e.injector.label_key for e in runtime.endpoints if e.injector is not None}))
+        self.account_keys = tuple(sorted({key for e in runtime.endpoints for key in e.account_role_keys}))
         self._api_audiences = tuple(config.API_SERVER_AUDIENCES) + tuple(runtime.api_audiences)
         self._validating: dict[bytes, asyncio.Future[tuple[Identity | None, HTTPError | None]]] = {}
         self.m_cache = registry.counter(
@@ -606,12 +619,35 @@ class Callers:
             raise HTTPError(401, "pod_not_found", "the token's Pod no longer exists") from None
         if pod.uid != pod_uid:
             raise HTTPError(401, "pod_mismatch", "the token's Pod no longer exists (its name is reused)")
-        roles = tuple(
-            (label, value if len(value) <= MAX_ROLE else ROLE_TOO_LONG)
-            for label in self.labels
-            if (value := pod.annotations.get(label)) is not None
+        bindings: Mapping[str, str] = {}
+        if self.account_keys:
+            try:
+                meta: kubeapi.ObjectMeta = await self.call(
+                    "serviceaccount", self.kube.service_account_metadata, namespace, saname
+                )
+            except kubeapi.NotFoundError:
+                raise HTTPError(401, "invalid_token", "the token's ServiceAccount no longer exists") from None
+            bindings = meta.annotations
+        lifetime = pod.annotations.get(config.LIFETIME_ANNOTATION)
+        return Identity(
+            namespace,
+            saname,
+            pod_name,
+            pod_uid,
+            _kept(pod.annotations, self.labels),
+            expires,
+            _kept(bindings, self.account_keys),
+            None if lifetime is None else lifetime[:MAX_ROLE],
         )
-        return Identity(namespace, saname, pod_name, pod_uid, roles, expires)
+
+
+def _kept(annotations: Mapping[str, str], keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The values of ``keys`` in ``annotations``; one longer than ``MAX_ROLE`` becomes ``ROLE_TOO_LONG``."""
+    return tuple(
+        (key, value if len(value) <= MAX_ROLE else ROLE_TOO_LONG)
+        for key in keys
+        if (value := annotations.get(key)) is not None
+    )
 
 
 def _review_failure(error: str) -> str:

@@ -98,6 +98,23 @@ def token_dir(endpoint: str) -> str:
     return f"{TOKEN_ROOT}/{endpoint}"
 
 
+ANNOTATION_PREFIX = "kube-sts." + LABEL_PREFIX
+"""The domain of every Pod annotation kube-sts reads or writes (``kube-sts.tremolo.io/``)."""
+MARKER_ANNOTATION = ANNOTATION_PREFIX + "injected"
+"""Written by the webhook: the endpoints a Pod was injected for, comma-separated."""
+EXCLUDE_ANNOTATION = ANNOTATION_PREFIX + "exclude-containers"
+"""On a Pod: containers (comma-separated names) that get neither the token mount nor the variables."""
+INCLUDE_ANNOTATION = ANNOTATION_PREFIX + "include-containers"
+"""On a Pod: the only containers (comma-separated names) that get the token mount and the variables."""
+LIFETIME_ANNOTATION = ANNOTATION_PREFIX + "token-lifetime"
+"""On a Pod: the lifetime of its minted tokens (seconds or a duration such as ``15m``), from
+``MIN_LIFETIME`` up to the endpoint's ``token.lifetime``; other values are refused."""
+EKS_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+"""On a ServiceAccount: the role of its Pods for AWS endpoints (the EKS Pod Identity webhook's key)."""
+MIN_LIFETIME = 600
+"""The shortest token lifetime an endpoint or a Pod may set (seconds)."""
+
+
 def _audience_key(audience: str) -> str:
     return audience.strip().rstrip("/").lower()
 
@@ -257,8 +274,9 @@ class Issuer(Model):
 class Token(Model):
     """The tokens minted for this endpoint."""
 
-    lifetime: Annotated[Duration, Field(ge=600, le=86400)] = 3600
-    """Lifetime of a minted token (10 minutes to 24 hours)."""
+    lifetime: Annotated[Duration, Field(ge=MIN_LIFETIME, le=86400)] = 3600
+    """Lifetime of a minted token (10 minutes to 24 hours); a Pod may ask for a shorter one with the
+    annotation `kube-sts.tremolo.io/token-lifetime`."""
     algorithm: Literal["RS256", "ES256"] = "RS256"
     """Signature algorithm. RS256 is accepted by every relying party; ES256 is faster."""
     subject: str | None = None
@@ -525,8 +543,9 @@ class Injector(Model):
     model_config = pydantic.ConfigDict(**Model.model_config, json_schema_extra=_injector_schema)
 
     label: LabelName
-    """Pods labelled `tremolo.io/<label>` get the sidecar; the annotation of the same key holds
-    the value (for AWS, the role ARN)."""
+    """Pods labelled `tremolo.io/<label>` get the sidecar; the annotation of the same key, on the
+    Pod or on its ServiceAccount (which wins), holds the value (for AWS, the role ARN; a
+    ServiceAccount's `eks.amazonaws.com/role-arn` counts too)."""
     token_environment_variable_name: Annotated[EnvName, Field(alias="token_environment_variable_name")]
     """Variable set to the token file's path, e.g. `AWS_WEB_IDENTITY_TOKEN_FILE`."""
     label_value_environment_variable_name: Annotated[EnvName, Field(alias="label_value_environment_variable_name")]
@@ -638,6 +657,40 @@ class Endpoint(Model):
         if self.token.subject is not None:
             return self.token.subject
         return ROLE_SUBJECT if self.aws_style and self.rules_mention_role else DEFAULT_SUBJECT
+
+    @property
+    def account_role_keys(self) -> tuple[str, ...]:
+        """ServiceAccount annotations that bind the SA's Pods to a role, strongest first."""
+        if self.injector is None:
+            return ()
+        if self.aws_style:
+            return (self.injector.label_key, EKS_ROLE_ANNOTATION)
+        return (self.injector.label_key,)
+
+    def lifetime_for(self, value: str | None) -> int:
+        """The token lifetime for a Pod whose ``LIFETIME_ANNOTATION`` is ``value`` (None: absent).
+
+        Raises ``ValueError`` (saying what is accepted) for a value that is not a duration or is
+        outside ``MIN_LIFETIME`` to ``token.lifetime``: refused, not clamped, so a Pod never
+        runs with a lifetime other than the one it asked for without anyone being told.
+        """
+        if value is None:
+            return self.token.lifetime
+        bounds = f"from {MIN_LIFETIME} to {self.token.lifetime} seconds (endpoint {self.name!r})"
+        text = value.strip()
+        seconds: Any = None
+        if len(text) <= 32:  # bounds the parse whatever the Pod carries
+            try:
+                seconds = int(text) if text.isascii() and text.isdigit() else parse_duration(text)
+            except ValueError:
+                seconds = None
+        if not isinstance(seconds, int) or not MIN_LIFETIME <= seconds <= self.token.lifetime:
+            shown = value if len(value) <= 32 else value[:32] + "..."
+            raise ValueError(
+                f"the annotation {LIFETIME_ANNOTATION} is {shown!r}; write seconds or a duration such as '15m', "
+                f"{bounds}"
+            )
+        return seconds
 
     @property
     def role_unenforceable(self) -> bool:

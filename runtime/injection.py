@@ -1,22 +1,33 @@
 """The JSONPatch that injects an endpoint's sidecar, token volume and SDK variables into a Pod.
 
-Pure: ``patch(runtime, endpoints, pod, ca_pem)`` returns only targeted ``add`` operations (RFC 6902,
-pointers escaped per RFC 6901) and warnings; it never replaces ``containers``, ``initContainers``
-or ``volumes``. A Pod already injected for an endpoint (marker annotation or sidecar present) gets
-nothing more for it, so a second pass returns an empty patch.
+Pure: ``patch(runtime, endpoints, pod, ca_pem, account)`` returns only targeted ``add`` operations
+(RFC 6902, pointers escaped per RFC 6901) and warnings; it never replaces ``containers``,
+``initContainers`` or ``volumes``. ``account`` is the annotations of the Pod's ServiceAccount,
+read by the caller (the webhook) from the API server. A second pass over its own result returns
+an empty patch.
 
 Rules:
-- a Pod is injected for an endpoint when it carries the label ``tremolo.io/<label>`` and a
-  non-empty annotation of the same key (the value, e.g. an AWS role ARN);
+- a Pod is injected for an endpoint when it carries the label ``tremolo.io/<label>`` and has a
+  role (the value, e.g. an AWS role ARN): its ServiceAccount's binding (``tremolo.io/<label>`` or,
+  for AWS endpoints, ``eks.amazonaws.com/role-arn`` on the live ServiceAccount) or else its own
+  non-empty annotation ``tremolo.io/<label>``; a Pod annotation that names another role than its
+  ServiceAccount's is refused (``authorizer.role_of``);
 - application and init containers get the token volume read-only at the directory of the
   endpoint's token file (``injector.tokenPath``, default ``/var/run/secrets/kube-sts/<endpoint>/token``)
-  and the variables, unless they already set them or are
-  listed in the ``kube-sts.tremolo.io/exclude-containers`` annotation (comma-separated names);
+  and the variables, unless they already set them; the
+  Pod annotation ``kube-sts.tremolo.io/exclude-containers`` (comma-separated names) leaves the
+  containers it lists out, ``kube-sts.tremolo.io/include-containers`` injects only the ones it
+  lists (a Pod that sets both is refused: which one wins would be a guess);
+- reinvocation: a Pod already injected for an endpoint gets no second sidecar, volume or marker,
+  but containers that lack the mount or variables (added by another mutating webhook after ours
+  ran, e.g. a service mesh's proxy) get them, still with ``add`` operations only;
+- ``kube-sts.tremolo.io/token-lifetime`` (seconds or a duration) outside ``config.MIN_LIFETIME``
+  to the endpoint's ``token.lifetime`` is refused (422); the token service applies it at exchange;
 - the variables are the endpoint's injector names and ``extra_env``, which its preset
   (``config.apply_preset``) fills with each relying party's defaults, e.g.
   ``AWS_STS_REGIONAL_ENDPOINTS=regional`` for ``aws``;
 - an endpoint with a credential configuration (the ``gcp`` preset) hands it to the sidecar in
-  ``KUBE_STS_CREDENTIAL_CONFIG``, built for the Pod's annotation; the sidecar writes it beside the
+  ``KUBE_STS_CREDENTIAL_CONFIG``, built for the Pod's role value; the sidecar writes it beside the
   token, so ``GOOGLE_APPLICATION_CREDENTIALS`` names a file in the token volume (no ConfigMap
   per namespace);
 - without native sidecars (Kubernetes before 1.29) an init container fetches the first token and a
@@ -52,12 +63,13 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kube_sts.runtime import config
+from kube_sts.runtime import authorizer, config
 
 __all__ = [
     "CA_ENV",
     "CREDENTIAL_CONFIG_ENV",
     "EXCLUDE_ANNOTATION",
+    "INCLUDE_ANNOTATION",
     "MARKER_ANNOTATION",
     "MAX_CONTAINERS",
     "MAX_ENTRIES",
@@ -67,12 +79,14 @@ __all__ = [
     "TOKEN_ROOT",
     "Injection",
     "RefusedError",
+    "check",
     "escape",
     "patch",
 ]
 
-MARKER_ANNOTATION = "kube-sts.tremolo.io/injected"
-EXCLUDE_ANNOTATION = "kube-sts.tremolo.io/exclude-containers"
+MARKER_ANNOTATION = config.MARKER_ANNOTATION
+EXCLUDE_ANNOTATION = config.EXCLUDE_ANNOTATION
+INCLUDE_ANNOTATION = config.INCLUDE_ANNOTATION
 TOKEN_ROOT = config.TOKEN_ROOT
 SA_TOKEN_ROOT = "/var/run/secrets/kube-sts-sa"  # noqa: S105 (a path)
 API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 (a path)
@@ -92,6 +106,8 @@ MAX_ENTRIES = 1024
 """Entries of ``volumes``, and of ``env`` and ``volumeMounts`` in one container."""
 MAX_VALUE = 2048
 """Characters of the annotation's value (an IAM role ARN is at most 2,048; other providers' ids are shorter)."""
+MAX_NAME = 253
+"""Characters of a ServiceAccount's name (a DNS subdomain)."""
 MAX_OPERATIONS = 1024
 """Operations in one patch: 128 containers times a mount and three AWS variables is about 520."""
 
@@ -363,7 +379,7 @@ def _strings(parent: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return mapping
 
 
-def _check(pod: Mapping[str, Any]) -> None:
+def check(pod: Mapping[str, Any]) -> None:
     """Refuse a Pod whose fields the patch reads do not have their Kubernetes types, or are over the caps."""
     metadata = _object(pod, "metadata", "metadata", required=True)
     _strings(metadata, "labels", "metadata.labels")
@@ -372,6 +388,11 @@ def _check(pod: Mapping[str, Any]) -> None:
     context = _object(spec, "securityContext", "spec.securityContext")
     _typed(context, "runAsUser", "spec.securityContext.runAsUser", int, "an integer", required=False)
     _typed(spec, "restartPolicy", "spec.restartPolicy", str, "a string", required=False)
+    _typed(metadata, "namespace", "metadata.namespace", str, "a string", required=False)
+    for field in ("serviceAccountName", "serviceAccount"):  # whose annotations the webhook reads
+        _typed(spec, field, f"spec.{field}", str, "a string", required=False)
+        if len(spec.get(field) or "") > MAX_NAME:
+            raise _malformed(f"spec.{field}", f"a name of at most {MAX_NAME} characters")
     _entries(spec, "ephemeralContainers", "spec.ephemeralContainers", MAX_CONTAINERS)
     for index, volume in enumerate(_entries(spec, "volumes", "spec.volumes", MAX_ENTRIES)):
         _typed(volume, "name", f"spec.volumes[{index}].name", str, "a string", required=True)
@@ -425,85 +446,131 @@ def _check_collisions(endpoint: config.Endpoint, spec: Mapping[str, Any], ours: 
                     )
 
 
+def _names(annotations: Mapping[str, Any], key: str) -> set[str] | None:
+    """The comma-separated container names of annotation ``key``; None when it is absent."""
+    value = annotations.get(key)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def _sidecar_names(runtime: config.RuntimeConfig) -> set[str]:
+    """Every container name kube-sts adds, for every endpoint with an injector."""
+    names: set[str] = set()
+    for endpoint in runtime.endpoints:
+        if endpoint.injector is not None:
+            names |= {sidecar_name(endpoint.name), _name("kube-sts-", endpoint.name, "-init")}
+    return names
+
+
+def _role(endpoint: config.Endpoint, annotations: Mapping[str, Any], account: Mapping[str, str] | None) -> str | None:
+    """The endpoint's role for the Pod (``authorizer.role_of``), refused past ``MAX_VALUE`` or on a conflict."""
+    assert endpoint.injector is not None
+    try:
+        value = authorizer.role_of(endpoint, annotations, account)
+    except authorizer.RoleConflictError as conflict:
+        raise RefusedError(422, conflict.message) from None
+    if value is not None and len(value) > MAX_VALUE:
+        bound = [key for key in endpoint.account_role_keys if (account or {}).get(key, "").strip()]
+        where = f"ServiceAccount's annotation {bound[0]}" if bound else f"annotation {endpoint.injector.label_key}"
+        raise RefusedError(
+            400, f"kube-sts: the {where} is {len(value)} characters long; at most {MAX_VALUE} are accepted"
+        )
+    return value.strip() if value is not None and value.strip() else None
+
+
 def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
     runtime: config.RuntimeConfig,
     endpoints: Sequence[config.Endpoint],
     pod: Mapping[str, Any],
     ca_pem: str,
+    account: Mapping[str, str] | None = None,
 ) -> Injection:
     """The operations that inject ``endpoints`` into ``pod`` (the Pod JSON as received).
 
+    ``account``: the annotations of the Pod's ServiceAccount as the API server holds them (None:
+    not read), which may bind the Pod to a role (``authorizer.role_of``).
+
+    A Pod already injected for an endpoint (marker or sidecar present) gets no second sidecar or
+    volume; containers added since (by another mutating webhook, before a reinvocation) get the
+    mount and the variables they lack, so a second pass over a complete Pod returns nothing.
     Raises ``RefusedError`` for a Pod that is malformed, over the caps or collides with the injection.
     """
-    _check(pod)
+    check(pod)
     metadata = pod["metadata"]
     spec = pod["spec"]
     labels = metadata.get("labels") or {}
     annotations = metadata.get("annotations") or {}
     marker = {name for name in annotations.get(MARKER_ANNOTATION, "").split(",") if name}
-    excluded = {name.strip() for name in annotations.get(EXCLUDE_ANNOTATION, "").split(",") if name.strip()}
+    excluded = _names(annotations, EXCLUDE_ANNOTATION)
+    included = _names(annotations, INCLUDE_ANNOTATION)
     containers = _list(spec.get("containers"))
     init_containers = _list(spec.get("initContainers"))
     existing_names = {c["name"] for c in containers + init_containers}
+    volume_names = {v["name"] for v in _list(spec.get("volumes"))}
+    sidecars = _sidecar_names(runtime)
     builder = _Builder(pod)
     state: dict[tuple[str, int], _ContainerState] = {}
     warnings: list[str] = []
     injected: list[str] = []
-    ours: set[str] = set()
     for endpoint in endpoints:
         injector = endpoint.injector
         if injector is None or injector.label_key not in labels:
             continue
         name = sidecar_name(endpoint.name)
         init_name = _name("kube-sts-", endpoint.name, "-init")
+        token_volume = _name("kube-sts-", endpoint.name, "-token")
         already = endpoint.name in marker or name in existing_names
         _check_collisions(endpoint, spec, {name} if runtime.native_sidecars else {name, init_name}, injected=already)
-        if already:
-            continue
-        value = annotations.get(injector.label_key)
-        if not isinstance(value, str) or not value.strip():
-            warnings.append(
-                f"kube-sts: Pod carries the label {injector.label_key} but no non-empty annotation "
-                f"{injector.label_key}; endpoint {endpoint.name!r} was not injected"
-            )
-            continue
-        if len(value) > MAX_VALUE:
+        if included is not None and excluded is not None:
             raise RefusedError(
-                400,
-                f"kube-sts: the annotation {injector.label_key} is {len(value)} characters long; "
-                f"at most {MAX_VALUE} are accepted",
+                422,
+                f"kube-sts: the Pod sets both {INCLUDE_ANNOTATION} and {EXCLUDE_ANNOTATION}; "
+                "set one of them (include: only the containers listed; exclude: all but those listed)",
             )
-        injected.append(endpoint.name)
-        for volume in _volumes(runtime, endpoint):
-            builder.append("/spec/volumes", spec.get("volumes"), volume)
-        ours.add(name)
-        position = len(injected) - 1
-        if runtime.native_sidecars:
-            sidecar = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="native", identity=value.strip())
-            builder.insert("/spec/initContainers", spec.get("initContainers"), position, sidecar)
-        else:
-            ours.add(init_name)
-            first = _sidecar(runtime, endpoint, pod, ca_pem, name=init_name, mode="once", identity=value.strip())
-            builder.insert("/spec/initContainers", spec.get("initContainers"), position, first)
-            if spec.get("restartPolicy") in ("Never", "OnFailure"):
-                # A regular sidecar container would keep a Job's Pod from ever completing.
+        if already and token_volume not in volume_names:
+            continue  # marked by hand, or injected by another release: nothing to complete
+        value = _role(endpoint, annotations, account)
+        if value is None:
+            if not already:
                 warnings.append(
-                    f"kube-sts: endpoint {endpoint.name!r}: this Pod runs to completion and the cluster has no "
-                    f"native sidecars, so it gets one token (valid {endpoint.token.lifetime}s) that is not refreshed"
+                    f"kube-sts: Pod carries the label {injector.label_key} but neither it nor its ServiceAccount "
+                    f"has a non-empty annotation {injector.label_key}; endpoint {endpoint.name!r} was not injected"
                 )
+            continue
+        if not already:
+            try:
+                endpoint.lifetime_for(annotations.get(config.LIFETIME_ANNOTATION))
+            except ValueError as problem:
+                raise RefusedError(422, f"kube-sts: {problem}") from None
+            injected.append(endpoint.name)
+            for volume in _volumes(runtime, endpoint):
+                builder.append("/spec/volumes", spec.get("volumes"), volume)
+            position = len(injected) - 1
+            if runtime.native_sidecars:
+                sidecar = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="native", identity=value)
+                builder.insert("/spec/initContainers", spec.get("initContainers"), position, sidecar)
             else:
-                loop = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="loop", identity=value.strip())
-                builder.append("/spec/containers", spec.get("containers"), loop)
-        mount = {
-            "name": _name("kube-sts-", endpoint.name, "-token"),
-            "mountPath": token_dir(endpoint),
-            "readOnly": True,
-        }
-        env = app_env(endpoint, value.strip())
-        skipped = excluded | ours
+                first = _sidecar(runtime, endpoint, pod, ca_pem, name=init_name, mode="once", identity=value)
+                builder.insert("/spec/initContainers", spec.get("initContainers"), position, first)
+                if spec.get("restartPolicy") in ("Never", "OnFailure"):
+                    # A regular sidecar container would keep a Job's Pod from ever completing.
+                    warnings.append(
+                        f"kube-sts: endpoint {endpoint.name!r}: this Pod runs to completion and the cluster has no "
+                        f"native sidecars, so it gets one token (valid {endpoint.token.lifetime}s) that is not "
+                        "refreshed"
+                    )
+                else:
+                    loop = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="loop", identity=value)
+                    builder.append("/spec/containers", spec.get("containers"), loop)
+        mount = {"name": token_volume, "mountPath": token_dir(endpoint), "readOnly": True}
+        env = app_env(endpoint, value)
         for field, listed in (("initContainers", init_containers), ("containers", containers)):
             for index, container in enumerate(listed):
-                if container["name"] in skipped:
+                own = container["name"]
+                if own in sidecars or (excluded is not None and own in excluded):
+                    continue
+                if included is not None and own not in included:
                     continue
                 # existing init containers shift by the sidecars inserted before them
                 shift = len(injected) if field == "initContainers" else 0

@@ -310,6 +310,15 @@ class KubeAPI:
             raise APIError(200, "BadResponse", f"expected PartialObjectMetadata, got {answer.get('kind')!r}")
         return ObjectMeta.of(answer.get("metadata") or {})
 
+    def service_account_metadata(self, namespace: str, name: str) -> ObjectMeta:
+        """The ServiceAccount's metadata only (its annotations bind a role); needs ``get`` on serviceaccounts."""
+        answer = self.request(
+            "GET", f"/api/v1/namespaces/{_quote(namespace)}/serviceaccounts/{_quote(name)}", accept=PARTIAL_METADATA
+        )
+        if answer.get("kind") != "PartialObjectMetadata":
+            raise APIError(200, "BadResponse", f"expected PartialObjectMetadata, got {answer.get('kind')!r}")
+        return ObjectMeta.of(answer.get("metadata") or {})
+
     # -- Secrets -----------------------------------------------------------------------------
 
     def get_secret(self, namespace: str, name: str) -> Secret:

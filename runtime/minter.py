@@ -71,14 +71,14 @@ class Minter:
             endpoint=caller.endpoint,
         )
 
-    def claims(self, caller: authorizer.Subject, now: int, jti: str) -> dict[str, Any]:
+    def claims(self, caller: authorizer.Subject, now: int, jti: str, lifetime: int | None = None) -> dict[str, Any]:
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.audience,
             "sub": self.subject(caller),
             "iat": now,
             "nbf": now,
-            "exp": now + self.lifetime,
+            "exp": now + (self.lifetime if lifetime is None else lifetime),
             "jti": jti,
             "cluster": caller.cluster,
             "namespace": caller.namespace,
@@ -104,11 +104,11 @@ class Minter:
             encoded = self._headers[key.kid] = _b64(orjson.dumps({"alg": key.algorithm, "kid": key.kid, "typ": "JWT"}))
         return encoded
 
-    def mint(self, caller: authorizer.Subject, key: keyset.Key) -> Minted:
-        """Sign a new token for ``caller`` with ``key``."""
+    def mint(self, caller: authorizer.Subject, key: keyset.Key, lifetime: int | None = None) -> Minted:
+        """Sign a new token for ``caller`` with ``key``, valid ``lifetime`` seconds (default: the endpoint's)."""
         now = int(self.clock())
         jti = _b64(secrets.token_bytes(16)).decode("ascii")
-        claims = self.claims(caller, now, jti)
+        claims = self.claims(caller, now, jti, lifetime)
         signing_input = self.header(key) + b"." + _b64(orjson.dumps(claims))
         token = (signing_input + b"." + _b64(key.sign(signing_input))).decode("ascii")
         return Minted(token, key.kid, jti, now, claims["exp"], claims["sub"])

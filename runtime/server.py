@@ -13,12 +13,16 @@ and ``GET /healthz``, ``/readyz`` (config and keys loaded, API server answered) 
 Callers are validated by ``callers.Callers``: the token's signature, issuer and audience are
 checked locally against the cluster's own service-account keys first, so that only tokens the
 cluster really signed cost a TokenReview (audience, Pod binding) and a metadata-only read of the
-bound Pod; answers and refusals are cached briefly. API server calls run on a thread pool with a
-timeout; when it cannot be reached the answer is 503 with ``Retry-After``.
+bound Pod and its ServiceAccount (the role binding: ``authorizer.role_of``); answers and
+refusals are cached briefly. The minted token lives ``token.lifetime`` seconds, or what the
+Pod's ``kube-sts.tremolo.io/token-lifetime`` asks within the endpoint's bounds. API server
+calls run on a thread pool with a timeout; when it cannot be reached the answer is 503 with ``Retry-After``.
 
 Errors are JSON ``{"error": "<stable code>", "message": "..."}``: 400 malformed request, 401
 token problems (``missing_token``, ``malformed_token``, ``token_expired``, ``wrong_audience``,
 ``invalid_token``, ``unbound_token``, ``pod_not_found``, ``pod_mismatch``), 403 ``denied``,
+``role_conflict`` (the Pod names another role than its ServiceAccount is bound to) or
+``invalid_lifetime`` (the Pod's ``kube-sts.tremolo.io/token-lifetime`` is outside the endpoint's bounds),
 404 ``not_found``, 405 ``method_not_allowed``, 408 ``request_timeout``, 413 ``body_too_large`` /
 ``header_too_large``, 500 ``internal_error``, 503 ``apiserver_unavailable`` / ``apiserver_error``
 / ``no_signing_key`` / ``too_many_connections`` (the limits are ``limits.Limits``). Each token decision
@@ -461,6 +465,16 @@ class App:
         """Validate ``token`` (``callers.Callers.identity``) or raise a 401/503 ``HTTPError``."""
         return await self.callers.identity(token)
 
+    async def account_annotations(self, namespace: str, name: str) -> Mapping[str, str]:
+        """The live ServiceAccount's annotations (``{}`` when it does not exist; 503 ``HTTPError`` on outages)."""
+        try:
+            meta: kubeapi.ObjectMeta = await self._call(
+                "serviceaccount", self.kube.service_account_metadata, namespace, name
+            )
+        except kubeapi.NotFoundError:
+            return {}
+        return meta.annotations
+
     async def _token(self, state: _Endpoint, request: Request) -> Response:
         endpoint = state.config.name
         identity: Identity | None = None
@@ -468,16 +482,24 @@ class App:
         try:
             token = bearer_token(request.headers.get("authorization"))
             identity = await self.identity(token)
+            try:
+                role = authorizer.role_of(state.config, identity.role_annotations, identity.account_annotations)
+            except authorizer.RoleConflictError as conflict:
+                raise HTTPError(403, "role_conflict", conflict.message) from None
             subject = authorizer.Subject(
                 cluster=self.runtime.cluster,
                 namespace=identity.namespace,
                 saname=identity.saname,
                 pod=identity.pod,
-                role=authorizer.role_of(state.config, identity.role_annotations),
+                role=role,
                 endpoint=endpoint,
             )
             if not state.authorizer.allows(subject):
                 raise HTTPError(403, "denied", f"this Pod's identity may not use endpoint {endpoint!r}")
+            try:
+                lifetime = state.config.lifetime_for(identity.lifetime)
+            except ValueError as problem:
+                raise HTTPError(403, "invalid_lifetime", f"kube-sts: {problem}") from None
             try:
                 key = self.keys.provider(endpoint).signing_key()
             except keyset.KeySetError as exc:
@@ -486,7 +508,7 @@ class App:
                     503, "no_signing_key", f"endpoint {endpoint!r} has no key that can sign now; see the server log",
                     (("retry-after", RETRY_AFTER),),
                 ) from None  # fmt: skip
-            minted = state.minter.mint(subject, key)
+            minted = state.minter.mint(subject, key, lifetime)
         except HTTPError as exc:
             decision = "deny" if exc.status in (401, 403) else "error"
             self._audit(endpoint, identity, decision, exc.code, None)
@@ -603,7 +625,7 @@ def build(
     app.on_startup.append(tls.start)
     app.on_shutdown.append(tls.stop)
     app.readiness_checks.append(tls.status)
-    webhook.add_routes(app, runtime, tls.ca_bundle)
+    webhook.add_routes(app, runtime, tls.ca_bundle, app.account_annotations)
     return app
 
 

@@ -17,9 +17,14 @@ lists are capped (see ``injection``), so the patch is small whatever the Pod hol
 decoding the body, which is linear in its size; the cyclic garbage collector is paused for the
 review, since a body of a million empty objects otherwise costs collections over every one of
 them, several times (0.6 s instead of 0.1 s for 3 MiB of ``[[],...]``). The review runs on the
-event loop in one piece: a worker thread would not help (the decoder holds the GIL), and one
-review at a time keeps at most one decoded body in memory. ``bench/hostile_admission.py`` prints
-the loop time and memory of the worst reviews.
+event loop in one piece: a worker thread would not help (the decoder holds the GIL). The one
+pause is the read of the Pod's ServiceAccount (its role binding, see ``injection``), done only
+for a Pod that passed ``injection.check`` (types and caps), so a Pod refused for its size never
+costs an API call; while it waits, the decoded Pod stays in memory (at most one per open
+connection, ``limits.Limits.max_connections``). An API server that cannot answer gets the Pod
+refused (503 in the status): admitting it could give it a role its ServiceAccount does not
+hold in its variables. ``bench/hostile_admission.py`` prints the loop time and memory of the
+worst reviews.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -64,13 +69,29 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def review(runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: bytes, ca_pem: str) -> dict[str, Any]:
-    """The AdmissionReview answer for the request in ``body`` (raises ``web.HTTPError`` 400)."""
+Accounts = Callable[[str, str], Awaitable[Mapping[str, str]]]
+"""``(namespace, name) -> annotations`` of a ServiceAccount, read live (``server.App.account_annotations``)."""
+
+
+def review(
+    runtime: config.RuntimeConfig,
+    endpoint: config.Endpoint,
+    body: bytes,
+    ca_pem: str,
+    account: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The AdmissionReview answer for the request in ``body`` (raises ``web.HTTPError`` 400).
+
+    ``account``: the annotations of the Pod's ServiceAccount (None: not read).
+    """
     with _collector_paused():
-        return _review(runtime, endpoint, body, ca_pem)  # the decoded body is freed before the collector resumes
+        uid, pod, _ = _parse(body)
+        # the decoded body is freed before the collector resumes
+        return _answer(runtime, endpoint, uid, pod, ca_pem, account=account)
 
 
-def _review(runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: bytes, ca_pem: str) -> dict[str, Any]:
+def _parse(body: bytes) -> tuple[str, dict[str, Any], str]:
+    """The review's uid, Pod and namespace (raises ``web.HTTPError`` 400)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -91,17 +112,34 @@ def _review(runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: byte
     pod = request.get("object")
     if not isinstance(pod, dict):
         raise _bad("the AdmissionReview request has no Pod object")
+    namespace = request.get("namespace")
+    return uid, pod, namespace if isinstance(namespace, str) else ""
+
+
+def _refusal(uid: str, refused: injection.RefusedError) -> dict[str, Any]:
+    response = {"uid": uid, "allowed": False, "status": {"code": refused.code, "message": refused.message}}
+    return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def _answer(
+    runtime: config.RuntimeConfig,
+    endpoint: config.Endpoint,
+    uid: str,
+    pod: dict[str, Any],
+    ca_pem: str,
+    *,
+    account: Mapping[str, str] | None,
+) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid}
     try:
-        result = injection.patch(runtime, (endpoint,), pod, ca_pem)
+        result = injection.patch(runtime, (endpoint,), pod, ca_pem, account)
         patch = base64.b64encode(orjson.dumps(result.operations)).decode("ascii") if result.operations else ""
         if len(patch) > _MAX_PATCH:
             raise injection.RefusedError(
                 400, f"kube-sts: the patch for this Pod would be {len(patch)} bytes; at most {_MAX_PATCH} are sent"
             )
     except injection.RefusedError as refused:
-        response.update(allowed=False, status={"code": refused.code, "message": refused.message})
-        return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}
+        return _refusal(uid, refused)
     response["allowed"] = True
     if patch:
         response["patchType"] = "JSONPatch"
@@ -111,22 +149,79 @@ def _review(runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: byte
     return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
-def add_routes(app: Any, runtime: config.RuntimeConfig, ca_bundle: Callable[[], bytes | None]) -> None:
-    """Register ``POST /mutate/<name>`` on ``app`` for every endpoint with an injector."""
+def _account_of(endpoint: config.Endpoint, pod: Mapping[str, Any], namespace: str) -> tuple[str, str] | None:
+    """(namespace, name) of the ServiceAccount to read for a checked Pod, or None when none is needed."""
+    injector = endpoint.injector
+    metadata = pod["metadata"]
+    if injector is None or injector.label_key not in (metadata.get("labels") or {}):
+        return None
+    namespace = namespace or metadata.get("namespace") or ""
+    spec = pod["spec"]
+    name = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    if not isinstance(namespace, str) or not namespace or not isinstance(name, str):
+        return None
+    return namespace, name
+
+
+async def _review_with_account(
+    runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: bytes, ca_pem: str, accounts: Accounts
+) -> dict[str, Any]:
+    """``review`` with the Pod's ServiceAccount read live; the Pod is checked (caps, types) before the read."""
+    with _collector_paused():
+        uid, pod, namespace = _parse(body)
+        try:
+            injection.check(pod)
+        except injection.RefusedError as refused:
+            return _refusal(uid, refused)
+    wanted = _account_of(endpoint, pod, namespace)
+    account: Mapping[str, str] | None = None
+    if wanted is not None:
+        try:
+            account = await accounts(*wanted)
+        except web.HTTPError as failed:
+            return _refusal(
+                uid,
+                injection.RefusedError(
+                    503,
+                    f"kube-sts: cannot read the Pod's ServiceAccount {wanted[1]!r} ({failed.message}); "
+                    "the Pod is not admitted without its identity, try again",
+                ),
+            )
+    with _collector_paused():
+        return _answer(runtime, endpoint, uid, pod, ca_pem, account=account)
+
+
+def add_routes(
+    app: Any, runtime: config.RuntimeConfig, ca_bundle: Callable[[], bytes | None], accounts: Accounts | None = None
+) -> None:
+    """Register ``POST /mutate/<name>`` on ``app`` for every endpoint with an injector.
+
+    ``accounts`` reads a ServiceAccount's annotations (the role binding); without it the webhook
+    reads none and only Pod annotations count.
+    """
     for endpoint in runtime.endpoints:
         if endpoint.injector is None:
             continue
 
-        app.add_route("POST", f"/mutate/{endpoint.name}", _handler(runtime, endpoint, ca_bundle), max_body=MAX_BODY)
+        app.add_route(
+            "POST", f"/mutate/{endpoint.name}", _handler(runtime, endpoint, ca_bundle, accounts), max_body=MAX_BODY
+        )
 
 
 def _handler(
-    runtime: config.RuntimeConfig, endpoint: config.Endpoint, ca_bundle: Callable[[], bytes | None]
+    runtime: config.RuntimeConfig,
+    endpoint: config.Endpoint,
+    ca_bundle: Callable[[], bytes | None],
+    accounts: Accounts | None,
 ) -> web.Handler:
     async def handle(request: web.Request) -> web.Response:
         ca = ca_bundle()
         if ca is None:
             raise web.HTTPError(503, "no_ca", "the token service's CA certificate is not loaded yet")
-        return web.Response(200, orjson.dumps(review(runtime, endpoint, request.body, ca.decode("ascii"))))
+        pem = ca.decode("ascii")
+        if accounts is None:
+            return web.Response(200, orjson.dumps(review(runtime, endpoint, request.body, pem)))
+        answer = await _review_with_account(runtime, endpoint, request.body, pem, accounts)
+        return web.Response(200, orjson.dumps(answer))
 
     return handle

@@ -90,6 +90,7 @@ PARTIAL = "PartialObjectMetadata"
 RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("v1", "pods"): ("Pod", True),
     ("v1", "secrets"): ("Secret", True),
+    ("v1", "serviceaccounts"): ("ServiceAccount", True),
     ("v1", "configmaps"): ("ConfigMap", True),
     ("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations"): ("MutatingWebhookConfiguration", False),
 }
@@ -325,6 +326,22 @@ class APIServer:
         }
         return self.put(pod)
 
+    def add_service_account(
+        self, namespace: str, name: str, annotations: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Store (or replace) a ServiceAccount; returns it."""
+        account = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "annotations": dict(annotations or {}),
+            },
+        }
+        return self.put(account)
+
     def delete_pod(self, namespace: str, name: str) -> None:
         self.delete("v1", "pods", namespace, name)
 
@@ -352,7 +369,10 @@ class APIServer:
         exp = expires if expires is not None else now + lifetime
         pod_name = pod["metadata"]["name"] if pod is not None else None
         pod_uid = pod["metadata"]["uid"] if pod is not None else None
-        sa_uid = str(uuid.uuid4())
+        account = self.get("v1", "serviceaccounts", namespace, service_account)
+        if account is None:  # a real API server issues tokens only for ServiceAccounts it holds
+            account = self.add_service_account(namespace, service_account)
+        sa_uid = account["metadata"]["uid"]
         jti = str(uuid.uuid4())
         claims: dict[str, Any] = {
             "aud": list(audiences),

@@ -237,7 +237,11 @@ FIELDS: list[tuple[str | int, ...]] = [
     ("metadata", "annotations", "tremolo.io/aws-role"),
     ("metadata", "annotations", injection.MARKER_ANNOTATION),
     ("metadata", "annotations", injection.EXCLUDE_ANNOTATION),
+    ("metadata", "annotations", injection.INCLUDE_ANNOTATION),
+    ("metadata", "annotations", "kube-sts.tremolo.io/token-lifetime"),
+    ("metadata", "namespace"),
     ("spec",),
+    ("spec", "serviceAccountName"),
     ("spec", "containers"),
     ("spec", "containers", 0),
     ("spec", "containers", 0, "name"),
@@ -360,7 +364,12 @@ def test_a_container_that_mounts_our_token_volume_writable_is_refused(
         "readOnly: true; only the kube-sts sidecar may write the token",
     )
     mount["readOnly"] = True
-    assert patched_pod(post(app, review_body(injected)), injected) == injected  # read-only: nothing to add
+    # read-only: admitted, and the added container gets what it lacks (the reinvocation case)
+    completed = patched_pod(post(app, review_body(injected)), injected)
+    writer = completed["spec"][field][index]
+    assert writer["volumeMounts"][0] == mount and "AWS_ROLE_ARN" in {v["name"] for v in writer["env"]}
+    completed["spec"][field][index] = injected["spec"][field][index]
+    assert completed == injected  # nothing else changed
 
 
 def test_an_excluded_container_that_mounts_our_token_volume_writable_is_refused(app: server.App) -> None:

@@ -27,6 +27,7 @@ def test_rendered_rbac_grants_what_the_runtime_needs_and_nothing_more(deployed: 
     needed = [
         ("create", "tokenreviews.authentication.k8s.io"),
         ("get", "pods", "--namespace=myns"),
+        ("get", "serviceaccounts", "--namespace=myns"),  # a Pod's role binding, at admission and exchange
         ("create", "secrets", "--namespace=kube-sts"),
         ("get", f"secrets/{keypair}", "--namespace=kube-sts"),
         ("update", f"secrets/{keypair}", "--namespace=kube-sts"),
@@ -46,6 +47,12 @@ def test_rendered_rbac_grants_what_the_runtime_needs_and_nothing_more(deployed: 
         ("update", "pods", "--namespace=myns"),
         ("create", "pods", "--namespace=myns"),
         ("create", "serviceaccounts/token", "--namespace=myns"),
+        ("list", "serviceaccounts", "--all-namespaces"),
+        ("watch", "serviceaccounts", "--all-namespaces"),
+        ("update", "serviceaccounts", "--namespace=myns"),
+        ("patch", "serviceaccounts", "--namespace=myns"),
+        ("delete", "serviceaccounts", "--namespace=myns"),
+        ("create", "serviceaccounts", "--namespace=myns"),
         ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses"),
         ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
         ("delete", f"secrets/{keypair}", "--namespace=kube-sts"),
