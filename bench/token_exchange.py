@@ -37,7 +37,10 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from kube_sts.runtime import keymanager, keyset, kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver
 from tests.runtime import harness
 

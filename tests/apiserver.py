@@ -29,7 +29,7 @@ conflicts, the ``caBundle`` patch, the AdmissionReviews the webhook receives, RB
 admission and ``kubectl apply`` there. This double stays for what a real server cannot play or
 plays too slowly to cover case by case:
 
-- faults: ``outage`` and ``delay`` (tests/runtime/test_token_service.py, test_kubeapi.py,
+- faults: ``outage`` and ``delay`` (tests/runtime/test_token_service.py, kube/test_kubeapi.py,
   tests/tls/test_tlsmanager.py, tests/keys/test_managed_keys.py, the outage part of
   tests/e2e/test_end_to_end.py);
 - the window in which a real server still accepts a deleted Pod's token (``verify_bindings``);

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kube_sts.runtime import callers, kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tokens import callers
 from tests import apiserver
 from tests.runtime import harness
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from kube_sts.compiler import source
-from kube_sts.runtime import config, kubeapi
+from kube_sts.runtime import config
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver, awssts
 from tests.runtime import harness
 

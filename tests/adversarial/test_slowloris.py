@@ -10,7 +10,9 @@ import ssl
 import threading
 import time
 
-from kube_sts.runtime import kubeapi, limits, server
+from kube_sts.runtime import server
+from kube_sts.runtime.http import limits
+from kube_sts.runtime.kube import api as kubeapi
 from tests.adversarial import attacks
 from tests.runtime import harness
 

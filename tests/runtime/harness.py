@@ -25,7 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kube_sts.runtime import config, keymanager, keyset, kubeapi, server
+from kube_sts.runtime import config, server
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
 
 CLUSTER = "test-cluster"
 STS_AUDIENCE = "kube-sts"

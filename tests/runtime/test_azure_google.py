@@ -39,7 +39,7 @@ import pytest
 import requests
 from azure.identity import WorkloadIdentityCredential
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver, entra, gcpsts
 from tests.runtime import harness
 

@@ -25,7 +25,8 @@ import joserfc.jwt
 import jwt
 import pytest
 
-from kube_sts.runtime import kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver, awssts
 from tests.runtime import harness
 

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import jwt
 import pytest
 
-from kube_sts.runtime import callers, kubeapi, minter, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tokens import callers, minter
 from tests import apiserver
 from tests.runtime import harness
 

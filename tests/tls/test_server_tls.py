@@ -7,7 +7,10 @@ import json
 import pathlib
 import time
 
-from kube_sts.runtime import certificates, kubeapi, server, tlsmanager
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tls import certificates
+from kube_sts.runtime.tls import manager as tlsmanager
 from tests import apiserver
 from tests.runtime import harness
 from tests.tls import test_tlsmanager as support

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from kube_sts.runtime import web
+from kube_sts.runtime.http import messages as web
 
 __all__ = ["HEADER_BLOCK", "LIMITS", "MAX_HEADERS", "Limits", "request_headers"]
 

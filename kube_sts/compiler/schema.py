@@ -32,10 +32,11 @@ def main() -> int:
     """Rewrite the checked-in schemas next to this package's ``schemas`` folder."""
     from kube_sts.compiler import reference  # noqa: PLC0415
 
-    root = pathlib.Path(__file__).resolve().parent.parent
+    package = pathlib.Path(__file__).resolve().parent.parent
+    root = package.parent
     for which, name in FILES.items():
-        (root / "schemas" / name).write_text(text(which), encoding="utf-8")  # type: ignore[arg-type]
-        print(f"wrote {root / 'schemas' / name}", file=sys.stderr)
+        (package / "schemas" / name).write_text(text(which), encoding="utf-8")  # type: ignore[arg-type]
+        print(f"wrote {package / 'schemas' / name}", file=sys.stderr)
     (root / "docs" / "values.md").write_text(reference.markdown(), encoding="utf-8")
     print(f"wrote {root / 'docs' / 'values.md'}", file=sys.stderr)
     return 0

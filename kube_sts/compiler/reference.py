@@ -16,7 +16,7 @@ _INTRO = """\
 # Values reference
 
 Generated from the models by `python -m kube_sts.compiler.schema` (a test fails when this file is
-stale). The JSON Schema of the same file is `schemas/values.schema.json` (`sts-compile --schema`).
+stale). The JSON Schema of the same file is `kube_sts/schemas/values.schema.json` (`sts-compile --schema`).
 
 ## Usage
 

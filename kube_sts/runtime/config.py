@@ -16,8 +16,8 @@ import pydantic
 import pydantic.alias_generators
 from pydantic import Field
 
-from kube_sts.runtime import filter as rule_filter
-from kube_sts.runtime import keyset
+from kube_sts.runtime import rules as rule_filter
+from kube_sts.runtime.keys import keyset
 
 __all__ = [
     "TLS",

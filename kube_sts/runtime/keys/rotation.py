@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection
 
-from kube_sts.runtime import config, keyset
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset
 
 __all__ = ["HOLD_STEP", "Policy", "Step", "next_keyset", "retention"]
 

@@ -34,7 +34,8 @@ from typing import Any, ClassVar, cast
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kube_sts.runtime import limits, web
+from kube_sts.runtime.http import limits
+from kube_sts.runtime.http import messages as web
 
 __all__ = ["CoalescingTransport", "HTTPProtocol", "Server", "protocol_class"]
 

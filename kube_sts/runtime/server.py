@@ -58,22 +58,15 @@ import kubernetes.config
 import orjson
 import uvicorn
 
-from kube_sts.runtime import (
-    authorizer,
-    callers,
-    config,
-    issuer,
-    keymanager,
-    keyset,
-    kubeapi,
-    limits,
-    metrics,
-    minter,
-    tlsmanager,
-    transport,
-    web,
-    webhook,
-)
+from kube_sts.runtime import config
+from kube_sts.runtime.http import limits, metrics, transport
+from kube_sts.runtime.http import messages as web
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tls import manager as tlsmanager
+from kube_sts.runtime.tokens import authorizer, callers, issuer, minter
+from kube_sts.runtime.webhook import admission as webhook
 
 __all__ = [
     "App",

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from kube_sts.runtime import config
-from kube_sts.runtime import filter as rule_filter
+from kube_sts.runtime import rules as rule_filter
 
 __all__ = ["Authorizer", "Subject", "role_of"]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kube_sts.runtime import filter as rule_filter
+from kube_sts.runtime import rules as rule_filter
 
 POD = {
     "namespace": "team-a",

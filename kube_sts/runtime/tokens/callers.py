@@ -51,7 +51,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from kube_sts.runtime import config, kubeapi, metrics, web
+from kube_sts.runtime import config
+from kube_sts.runtime.http import messages as web
+from kube_sts.runtime.http import metrics
+from kube_sts.runtime.kube import api as kubeapi
 
 __all__ = [
     "FAILURE_TTL",

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import parser
 from prometheus_client.metrics_core import Metric
 
-from kube_sts.runtime import metrics
+from kube_sts.runtime.http import metrics
 
 
 def families(registry: metrics.Registry) -> dict[str, Metric]:

@@ -25,7 +25,9 @@ from typing import Any
 
 import orjson
 
-from kube_sts.runtime import authorizer, config, issuer, keyset
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.tokens import authorizer, issuer
 
 __all__ = ["AWS_TAGS", "Minted", "Minter"]
 

@@ -34,7 +34,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from kube_sts.runtime import config, keyset, kubeapi, rotation
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset, rotation
+from kube_sts.runtime.kube import api as kubeapi
 
 __all__ = [
     "DATA_KEY",

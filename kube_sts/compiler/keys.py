@@ -23,7 +23,9 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from kube_sts.runtime import config, issuer, keyset
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.tokens import issuer
 
 __all__ = ["main"]
 

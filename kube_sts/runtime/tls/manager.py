@@ -39,7 +39,9 @@ from typing import Any
 
 from cryptography import exceptions, x509
 
-from kube_sts.runtime import certificates, config, kubeapi
+from kube_sts.runtime import config
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tls import certificates
 
 __all__ = [
     "TLS_DIR",

@@ -32,7 +32,9 @@ from typing import Any
 
 import orjson
 
-from kube_sts.runtime import config, injection, web
+from kube_sts.runtime import config
+from kube_sts.runtime.http import messages as web
+from kube_sts.runtime.webhook import injection
 
 __all__ = ["MAX_ANSWER", "MAX_BODY", "add_routes", "review"]
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver
 
 STS_AUDIENCE = "kube-sts"
