@@ -17,7 +17,6 @@ import pydantic.alias_generators
 from pydantic import Field
 
 from kube_sts.runtime import rules as rule_filter
-from kube_sts.runtime.keys import keyset
 
 __all__ = [
     "TLS",
@@ -57,6 +56,9 @@ API_SERVER_AUDIENCES = (
     "kubernetes",
 )
 """Audiences Kubernetes API servers accept by default (the issuer, its short forms, ``kubernetes``)."""
+CLOCK_SKEW = 300
+"""Seconds of clock difference tolerated between the runtime and relying parties."""
+
 LABEL_PREFIX = "tremolo.io/"
 
 
@@ -188,9 +190,9 @@ class KeyManagement(Model):
 
     @pydantic.model_validator(mode="after")
     def _lead_within_period(self) -> KeyManagement:
-        if self.publish_lead < keyset.CLOCK_SKEW:
+        if self.publish_lead < CLOCK_SKEW:
             raise ValueError(
-                f"publishLead ({self.publish_lead}s) must be at least {keyset.CLOCK_SKEW}s: relying parties cache "
+                f"publishLead ({self.publish_lead}s) must be at least {CLOCK_SKEW}s: relying parties cache "
                 "the JWKS for minutes and must see a new key before it signs"
             )
         if self.rotation_period <= self.publish_lead:
@@ -321,11 +323,11 @@ class Endpoint(Model):
     @pydantic.model_validator(mode="after")
     def _tokens_outlived_by_keys(self) -> Endpoint:
         retain = self.issuer.keys.retain_after
-        needed = self.token.lifetime + keyset.CLOCK_SKEW
+        needed = self.token.lifetime + CLOCK_SKEW
         if retain is not None and retain < needed:
             raise ValueError(
                 f"issuer.keys.retainAfter ({retain}s) is shorter than token.lifetime ({self.token.lifetime}s) "
-                f"plus {keyset.CLOCK_SKEW}s clock skew: tokens would outlive their key in the JWKS; "
+                f"plus {CLOCK_SKEW}s clock skew: tokens would outlive their key in the JWKS; "
                 f"raise retainAfter to at least {needed}s or shorten the lifetime"
             )
         return self

@@ -37,6 +37,8 @@ from typing import Any, Literal, cast
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from kube_sts.runtime import config
+
 __all__ = [
     "ALGORITHMS",
     "CLOCK_SKEW",
@@ -56,8 +58,7 @@ __all__ = [
 FORMAT_VERSION = 1
 ALGORITHMS: tuple[str, ...] = ("RS256", "ES256")
 MIN_RSA_BITS = 2048
-CLOCK_SKEW = 300
-"""Seconds of clock difference tolerated between the runtime and relying parties."""
+CLOCK_SKEW = config.CLOCK_SKEW
 DEFAULT_RETENTION = 86400 + CLOCK_SKEW
 """Retention when the token lifetime is unknown: the longest lifetime the config allows plus skew."""
 MAX_KEYS = 64
