@@ -1,156 +1,129 @@
-"""Prometheus metrics in the text exposition format (version 0.0.4).
+"""Prometheus metrics, kept by ``prometheus_client`` in a private registry per ``Registry``.
 
-Counters and histograms with labels are all the runtime needs; about a hundred lines keep the
-image free of a client library and its process-wide default registry (tests build one
-``Registry`` each). Updates take a lock, so threads and the event loop may both record.
+The official client keeps the values (thread-safe, so threads and the event loop may both
+record; cumulative ``le`` buckets, ``_sum`` and ``_count``) and collects them. This module is its
+narrow face: counters and histograms with positional labels, a registry per process (or per test)
+instead of the client's process-wide default one, and no ``_created`` series. ``render`` writes
+the collected samples in the text exposition format (version 0.0.4) exactly as the runtime always
+has, whole numbers without a fraction (``... 1``, where the client's own writer says ``1.0``), so
+dashboards, alerts and line-matching scrapers see the same bytes.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-import threading
 from collections.abc import Sequence
+
+import prometheus_client
 
 __all__ = ["CONTENT_TYPE", "Counter", "Histogram", "Registry"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+# The runtime's series are counts and latencies; creation timestamps would add one series per
+# label set that nothing reads.
+prometheus_client.disable_created_metrics()
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
 def _number(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, registry: prometheus_client.CollectorRegistry, name: str, labelnames: Sequence[str]) -> None:
         self.name = name
-        self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
+        self._registry = registry
 
-    def _key(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+    def _check(self, labels: tuple[str, ...]) -> None:
         if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return labels
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels}")
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} {self.kind}"]
-
-    def samples(self) -> list[str]:
-        raise NotImplementedError
+    def _sample(self, suffix: str, labels: tuple[str, ...]) -> float | None:
+        self._check(labels)
+        return self._registry.get_sample_value(self.name + suffix, dict(zip(self.labelnames, labels, strict=True)))
 
 
 class Counter(_Metric):
     """A monotonically increasing count per label combination."""
 
-    kind = "counter"
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, documentation, labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
+    def __init__(
+        self, registry: prometheus_client.CollectorRegistry, name: str, documentation: str, labelnames: Sequence[str]
+    ) -> None:
+        super().__init__(registry, name, labelnames)
+        self._counter = prometheus_client.Counter(name, documentation, self.labelnames, registry=registry)
+        self._suffix = "" if name.endswith("_total") else "_total"
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+        self._check(labels)
+        (self._counter.labels(*labels) if labels else self._counter).inc(amount)
 
     def value(self, *labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels(self.labelnames, key)} {_number(value)}" for key, value in items]
+        return self._sample(self._suffix, labels) or 0.0
 
 
 class Histogram(_Metric):
     """Observations counted into cumulative ``le`` buckets, with ``_sum`` and ``_count``."""
 
-    kind = "histogram"
-
     def __init__(
         self,
+        registry: prometheus_client.CollectorRegistry,
         name: str,
         documentation: str,
-        labelnames: Sequence[str] = (),
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
     ) -> None:
-        super().__init__(name, documentation, labelnames)
+        super().__init__(registry, name, labelnames)
         self.buckets = tuple(sorted(buckets))
-        self._series: dict[tuple[str, ...], list[float]] = {}
-        """Per label set: one count per bucket, then +Inf, then the sum."""
+        self._histogram = prometheus_client.Histogram(
+            name, documentation, self.labelnames, registry=registry, buckets=self.buckets
+        )
 
     def observe(self, value: float, *labels: str) -> None:
-        key = self._key(labels)
-        index = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = [0.0] * (len(self.buckets) + 2)
-            series[index] += 1
-            series[-1] += value
+        self._check(labels)
+        (self._histogram.labels(*labels) if labels else self._histogram).observe(value)
 
     def count(self, *labels: str) -> int:
-        series = self._series.get(self._key(labels))
-        return int(sum(series[:-1])) if series else 0
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted((key, list(series)) for key, series in self._series.items())
-        lines = []
-        for key, series in items:
-            cumulative = 0.0
-            for bound, count in zip((*self.buckets, math.inf), series[:-1], strict=True):
-                cumulative += count
-                le = 'le="' + ("+Inf" if math.isinf(bound) else repr(float(bound))) + '"'
-                lines.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {_number(cumulative)}")
-            lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_number(series[-1])}")
-            lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {_number(cumulative)}")
-        return lines
+        return int(self._sample("_count", labels) or 0)
 
 
 class Registry:
     """The metrics of one process (or one test), rendered in registration order."""
 
     def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
+        self._registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        self._names: dict[str, str] = {}
+        """The client's family name (a counter's without ``_total``) -> the registered name."""
 
-    def _add(self, metric: _Metric) -> None:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} is already registered")
-        self._metrics[metric.name] = metric
+    def _claim(self, name: str) -> None:
+        if name in self._names.values():
+            raise ValueError(f"metric {name} is already registered")
+        self._names[name.removesuffix("_total")] = name
 
     def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
-        metric = Counter(name, documentation, labelnames)
-        self._add(metric)
-        return metric
+        self._claim(name)
+        return Counter(self._registry, name, documentation, labelnames)
 
     def histogram(
         self, name: str, documentation: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = DEFAULT_BUCKETS
     ) -> Histogram:
-        metric = Histogram(name, documentation, labelnames, buckets)
-        self._add(metric)
-        return metric
+        self._claim(name)
+        return Histogram(self._registry, name, documentation, labelnames, buckets)
 
     def render(self) -> bytes:
         lines: list[str] = []
-        for metric in self._metrics.values():
-            lines.extend(metric.header())
-            lines.extend(metric.samples())
+        for family in self._registry.collect():
+            name = self._names.get(family.name, family.name)
+            lines += [f"# HELP {name} {family.documentation}", f"# TYPE {name} {family.type}"]
+            for sample in family.samples:
+                labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sample.labels.items())
+                lines.append(f"{sample.name}{{{labels}}} {_number(sample.value)}" if labels else
+                             f"{sample.name} {_number(sample.value)}")  # fmt: skip
         return ("\n".join(lines) + "\n").encode("utf-8")
