@@ -55,17 +55,17 @@ def tojson(value: Any) -> str:
 def labels(sts: values.Sts, component: str) -> dict[str, str]:
     """The recommended ``app.kubernetes.io/*`` labels."""
     return {
-        "app.kubernetes.io/name": "kube-sts",
-        "app.kubernetes.io/instance": sts.name,
-        "app.kubernetes.io/version": sts.image.tag,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "kube-sts",
-        "app.kubernetes.io/managed-by": "sts-compile",
+        config.NAME_LABEL: config.PRODUCT,
+        config.INSTANCE_LABEL: sts.name,
+        config.VERSION_LABEL: sts.image.tag,
+        config.COMPONENT_LABEL: component,
+        config.PART_OF_LABEL: config.PRODUCT,
+        config.MANAGED_BY_LABEL: "sts-compile",
     }
 
 
 def selector(sts: values.Sts) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "kube-sts", "app.kubernetes.io/instance": sts.name}
+    return {config.NAME_LABEL: config.PRODUCT, config.INSTANCE_LABEL: sts.name}
 
 
 def config_json(runtime: config.RuntimeConfig) -> str:
@@ -84,6 +84,7 @@ def objects(model: values.Values) -> list[dict[str, Any]]:
     writable = managed + ([sts.tls_secret] if runtime_tls else [])
     readable = provided + ([] if runtime_tls else [sts.tls_secret])
     context: dict[str, Any] = {
+        "contract": config,  # every path, UID, port and key the runtime relies on (config.py)
         "sts": sts,
         "runtime": runtime,
         "config_json": text,

@@ -59,7 +59,57 @@ API_SERVER_AUDIENCES = (
 CLOCK_SKEW = 300
 """Seconds of clock difference tolerated between the runtime and relying parties."""
 
-LABEL_PREFIX = "tremolo.io/"
+# -- contracts ----------------------------------------------------------------------------------
+# Values the compiler renders into the manifests (templates read them from the render context as
+# ``contract``) and the runtime relies on; each is written here only.
+
+PRODUCT = "kube-sts"
+CONFIG_DIR = "/etc/kube-sts"
+CONFIG_FILE = "config.json"
+"""The runtime config's file name, in the ConfigMap and in ``CONFIG_DIR``."""
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+KEYS_DIR = f"{CONFIG_DIR}/keys"
+"""One folder per endpoint (``KEYS_DIR/<endpoint>/KEYSET_FILE``), each a mounted key-set Secret."""
+KEYSET_FILE = "keyset.json"
+"""The data key of a key-set Secret, and its file name where it is mounted."""
+TLS_DIR = f"{CONFIG_DIR}/tls"
+TLS_FILES = ("tls.crt", "tls.key", "ca.crt")
+"""The TLS Secret's data keys mounted into ``TLS_DIR`` (never ``ca.key``)."""
+RUN_AS_UID = 65532
+"""The image's ``nonroot`` user and group (Dockerfile); the runtime and the injected sidecar run as it."""
+SERVER_COMMAND = ("kube-sts-server", "--config", CONFIG_PATH)
+SERVICE_PORT = 443
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+METRICS_PATH = "/metrics"
+WEBHOOK_PATH = "/mutate/"
+"""The admission webhook of endpoint ``e`` answers ``POST WEBHOOK_PATH + e``."""
+
+LABEL_DOMAIN = "tremolo.io"
+LABEL_PREFIX = LABEL_DOMAIN + "/"
+"""Pods opt in with the label ``LABEL_PREFIX + <injector label>``; its annotation holds the role."""
+ANNOTATION_PREFIX = f"{PRODUCT}.{LABEL_DOMAIN}/"
+WEBHOOK_DOMAIN = f"sts.{LABEL_DOMAIN}"
+"""The webhooks are named ``<endpoint>.<deployment name>.WEBHOOK_DOMAIN``."""
+CONFIG_SHA_ANNOTATION = ANNOTATION_PREFIX + "config-sha256"
+INJECTED_ANNOTATION = ANNOTATION_PREFIX + "injected"
+EXCLUDE_ANNOTATION = ANNOTATION_PREFIX + "exclude-containers"
+TLS_SECRET_LABEL = "kube-sts.io/tls-secret"  # noqa: S105 (a label key)
+"""Marks a TLS Secret the runtime keeps. Outside ``LABEL_DOMAIN`` for history: TLS Secrets in
+clusters carry it, and a Secret without it is never taken over, so it keeps its value."""
+
+APP_LABEL_PREFIX = "app.kubernetes.io/"
+NAME_LABEL = APP_LABEL_PREFIX + "name"
+INSTANCE_LABEL = APP_LABEL_PREFIX + "instance"
+VERSION_LABEL = APP_LABEL_PREFIX + "version"
+COMPONENT_LABEL = APP_LABEL_PREFIX + "component"
+PART_OF_LABEL = APP_LABEL_PREFIX + "part-of"
+MANAGED_BY_LABEL = APP_LABEL_PREFIX + "managed-by"
+
+
+def app_labels(component: str) -> dict[str, str]:
+    """The recommended labels of an object the runtime creates itself."""
+    return {NAME_LABEL: PRODUCT, COMPONENT_LABEL: component}
 
 
 def _audience_key(audience: str) -> str:

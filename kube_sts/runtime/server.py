@@ -85,7 +85,7 @@ __all__ = [
 
 log = logging.getLogger("kube_sts.server")
 
-CONFIG_PATH = pathlib.Path("/etc/kube-sts/config.json")
+CONFIG_PATH = pathlib.Path(config.CONFIG_PATH)
 MAX_BODY = 64 * 1024
 MAX_HEADERS = limits.MAX_HEADERS
 MAX_TOKEN = callers.MAX_TOKEN
@@ -264,9 +264,9 @@ class App:
             state = _Endpoint(endpoint, authorizer.Authorizer(endpoint), minter.Minter(endpoint, clock))
             self.endpoints[endpoint.name] = state
             self._add_endpoint_routes(state)
-        self.add_route("GET", "/healthz", self._healthz)
-        self.add_route("GET", "/readyz", self._readyz)
-        self.add_route("GET", "/metrics", self._metrics)
+        self.add_route("GET", config.HEALTH_PATH, self._healthz)
+        self.add_route("GET", config.READY_PATH, self._readyz)
+        self.add_route("GET", config.METRICS_PATH, self._metrics)
 
     # -- routing -----------------------------------------------------------------------------
 

@@ -60,6 +60,20 @@ MAX_LINE = 1024  # a chunk-size line
 SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
+class Flag:
+    """The command line, as the admission webhook writes it into each sidecar (``webhook.injection``)."""
+
+    URL = "--url"
+    SERVICE_ACCOUNT_TOKEN = "--service-account-token"  # noqa: S105 (a flag name)
+    TOKEN_FILE = "--token-file"  # noqa: S105 (a flag name)
+    CA_FILE = "--ca-file"
+    CA_ENV = "--ca-env"
+    REFRESH_FRACTION = "--refresh-fraction"
+    MAX_BACKOFF = "--max-backoff"
+    ONCE = "--once"
+    CHECK = "--check"
+
+
 def _numeric(claims: dict[str, object], name: str) -> int | None:
     value = claims.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -152,15 +166,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kube-sts-sidecar", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", help="https://.../<endpoint path>/token")
-    parser.add_argument("--service-account-token", help="projected ServiceAccount token file")
-    parser.add_argument("--token-file", required=True, help="where the minted token is written")
-    parser.add_argument("--ca-file", help="PEM file of the token service's CA")
-    parser.add_argument("--ca-env", help="variable holding the PEM of the token service's CA")
-    parser.add_argument("--refresh-fraction", type=float, default=0.5, help="refresh at this share of the lifetime")
-    parser.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between failed attempts (s)")
-    parser.add_argument("--once", action="store_true", help="fetch one token and exit")
-    parser.add_argument("--check", action="store_true", help="exit 0 when a valid token is on disk")
+    parser.add_argument(Flag.URL, help="https://.../<endpoint path>/token")
+    parser.add_argument(Flag.SERVICE_ACCOUNT_TOKEN, help="projected ServiceAccount token file")
+    parser.add_argument(Flag.TOKEN_FILE, required=True, help="where the minted token is written")
+    parser.add_argument(Flag.CA_FILE, help="PEM file of the token service's CA")
+    parser.add_argument(Flag.CA_ENV, help="variable holding the PEM of the token service's CA")
+    parser.add_argument(Flag.REFRESH_FRACTION, type=float, default=0.5, help="refresh at this share of the lifetime")
+    parser.add_argument(Flag.MAX_BACKOFF, type=float, default=30.0, help="longest wait between failed attempts (s)")
+    parser.add_argument(Flag.ONCE, action="store_true", help="fetch one token and exit")
+    parser.add_argument(Flag.CHECK, action="store_true", help="exit 0 when a valid token is on disk")
     return parser
 
 

@@ -23,7 +23,7 @@ DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 # The runtime's series are counts and latencies; creation timestamps would add one series per
 # label set that nothing reads.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def _escape(value: str) -> str:

@@ -50,8 +50,8 @@ __all__ = [
     "fetch_jwks",
 ]
 
-DATA_KEY = "keyset.json"
-KEYS_DIR = pathlib.Path("/etc/kube-sts/keys")
+DATA_KEY = config.KEYSET_FILE
+KEYS_DIR = pathlib.Path(config.KEYS_DIR)
 PUBLICATION_INTERVAL = 60
 """Seconds between fetches of the issuer's public JWKS while a key is not served yet."""
 PUBLICATION_RETRY = 10
@@ -83,7 +83,7 @@ class SecretStore(Protocol):
 class KubeSecrets:
     """``SecretStore`` over the API server: other data keys and labels of the Secret are kept."""
 
-    LABELS: Mapping[str, str] = {"app.kubernetes.io/name": "kube-sts", "app.kubernetes.io/component": "keys"}
+    LABELS: Mapping[str, str] = config.app_labels("keys")
 
     def __init__(self, api: kubeapi.KubeAPI) -> None:
         self.api = api

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kube_sts.runtime import config
+
 __all__ = [
     "LABEL",
     "LABEL_VALUE",
@@ -53,7 +55,7 @@ __all__ = [
     "to_secret_data",
 ]
 
-LABEL = "kube-sts.io/tls-secret"
+LABEL = config.TLS_SECRET_LABEL
 """Marks a TLS Secret the runtime created and may update."""
 LABEL_VALUE = "v1"
 DATA_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.key")

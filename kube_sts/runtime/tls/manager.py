@@ -54,14 +54,10 @@ __all__ = [
 
 log = logging.getLogger("kube_sts.tls")
 
-TLS_DIR = pathlib.Path("/etc/kube-sts/tls")
-FILES = ("tls.crt", "tls.key", "ca.crt")
+TLS_DIR = pathlib.Path(config.TLS_DIR)
+FILES = config.TLS_FILES
 SECRET_TYPE = "kubernetes.io/tls"  # noqa: S105 (a Secret type, not a password)
-LABELS: Mapping[str, str] = {
-    "app.kubernetes.io/name": "kube-sts",
-    "app.kubernetes.io/component": "tls",
-    certificates.LABEL: certificates.LABEL_VALUE,
-}
+LABELS: Mapping[str, str] = {**config.app_labels("tls"), certificates.LABEL: certificates.LABEL_VALUE}
 MAX_ATTEMPTS = 5
 FILE_INTERVAL = 10.0
 RESYNC_INTERVAL = 300.0

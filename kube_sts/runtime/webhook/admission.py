@@ -119,7 +119,9 @@ def add_routes(app: Any, runtime: config.RuntimeConfig, ca_bundle: Callable[[], 
         if endpoint.injector is None:
             continue
 
-        app.add_route("POST", f"/mutate/{endpoint.name}", _handler(runtime, endpoint, ca_bundle), max_body=MAX_BODY)
+        app.add_route(
+            "POST", config.WEBHOOK_PATH + endpoint.name, _handler(runtime, endpoint, ca_bundle), max_body=MAX_BODY
+        )
 
 
 def _handler(

@@ -46,7 +46,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kube_sts.runtime import config
+from kube_sts.runtime import config, sidecar
 
 __all__ = [
     "CA_ENV",
@@ -64,8 +64,8 @@ __all__ = [
     "patch",
 ]
 
-MARKER_ANNOTATION = "kube-sts.tremolo.io/injected"
-EXCLUDE_ANNOTATION = "kube-sts.tremolo.io/exclude-containers"
+MARKER_ANNOTATION = config.INJECTED_ANNOTATION
+EXCLUDE_ANNOTATION = config.EXCLUDE_ANNOTATION
 TOKEN_ROOT = "/var/run/secrets/kube-sts"  # noqa: S105 (a path, not a secret)
 SA_TOKEN_ROOT = "/var/run/secrets/kube-sts-sa"  # noqa: S105 (a path)
 API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 (a path)
@@ -75,7 +75,7 @@ never holds a credential for the API server (found by the control-plane tier: th
 re-runs that admission after our patch and would mount the API token into the added sidecar)."""
 CA_ENV = "KUBE_STS_CA"
 SIDECAR_COMMAND = "kube-sts-sidecar"
-SIDECAR_UID = 65532
+SIDECAR_UID = config.RUN_AS_UID
 SA_TOKEN_SECONDS = 3600
 AWS_TOKEN_VARIABLE = "AWS_WEB_IDENTITY_TOKEN_FILE"  # noqa: S105 (a variable name)
 
@@ -149,17 +149,17 @@ def app_env(endpoint: config.Endpoint, value: str) -> list[tuple[str, str]]:
 
 def sidecar_args(runtime: config.RuntimeConfig, endpoint: config.Endpoint, *, once: bool) -> list[str]:
     args = [
-        "--url",
+        sidecar.Flag.URL,
         runtime.service_url.rstrip("/") + endpoint.path + "/token",
-        "--service-account-token",
+        sidecar.Flag.SERVICE_ACCOUNT_TOKEN,
         f"{SA_TOKEN_ROOT}/{endpoint.name}/token",
-        "--token-file",
+        sidecar.Flag.TOKEN_FILE,
         token_path(endpoint.name),
-        "--ca-env",
+        sidecar.Flag.CA_ENV,
         CA_ENV,
     ]
     if once:
-        args.append("--once")
+        args.append(sidecar.Flag.ONCE)
     return args
 
 
@@ -207,7 +207,11 @@ def _sidecar(
         ],
     }
     if mode != "once":
-        check = {"exec": {"command": [SIDECAR_COMMAND, "--check", "--token-file", token_path(endpoint.name)]}}
+        check = {
+            "exec": {
+                "command": [SIDECAR_COMMAND, sidecar.Flag.CHECK, sidecar.Flag.TOKEN_FILE, token_path(endpoint.name)]
+            }
+        }
         container["readinessProbe"] = {**check, "periodSeconds": 10, "failureThreshold": 3}
     if mode == "native":
         container["restartPolicy"] = "Always"
