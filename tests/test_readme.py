@@ -136,3 +136,28 @@ def test_readme_setup_compiles_from_the_base_install(base_install: pathlib.Path)
     )
     assert result.returncode == 0, result.stderr
     assert "kind: MutatingWebhookConfiguration" in result.stdout
+
+
+def test_readme_trust_commands_run(tmp_path: pathlib.Path) -> None:
+    """Every `sts-compile trust ...` the README names runs on the walk-through's values."""
+    [values] = [block for block in fenced("AWS walk-through", "yaml") if block.startswith("sts:")]
+    (tmp_path / "values.yaml").write_text(values)
+    commands = readme_commands("sts-compile", "trust ")
+    assert len(commands) == 2
+    role = "arn:aws:iam::123456789012:role/kube-sts-s3-reader"
+    for command in commands:
+        words = shlex.split(command.split(" > ")[0].replace("$ROLE_ARN", role).replace("$DIST_ID", "E2EXAMPLE"))
+        result = subprocess.run(
+            [sys.executable, "-m", "kube_sts.compiler.cli", *words[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        document = json.loads(result.stdout)["aws"]
+        assert document["roles"][0]["arn"] == role
+        assert document["openIdConnectProvider"] == {
+            "Url": "https://d1dexjaad4ian0.cloudfront.net",
+            "ClientIDList": ["sts.aws.com"],
+        }

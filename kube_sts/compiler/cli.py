@@ -23,6 +23,8 @@ Compile a kube-sts values file into Kubernetes manifests.
 subcommands (see `sts-compile <subcommand> --help`):
   keys          create, inspect and rotate key set files and Secrets
   issuer-docs   print an endpoint's OIDC discovery document and JWKS
+  trust         the relying parties' trust documents (AWS, Azure, Google, Vault)
+  doctor        check a token against the values and the issuer, as a relying party would
 """
 
 
@@ -40,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "trust":
+        from kube_sts.compiler.trust import command  # noqa: PLC0415
+
+        return command.main(args_list[1:])
+    if args_list and args_list[0] == "doctor":
+        from kube_sts.compiler import doctor  # noqa: PLC0415
+
+        return doctor.main(args_list[1:])
     if args_list and args_list[0] in _SUBCOMMANDS:
         from kube_sts.compiler import keys  # noqa: PLC0415 - only the subcommand pays for its imports
 

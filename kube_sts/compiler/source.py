@@ -20,7 +20,7 @@ import ruamel.yaml.error
 
 from kube_sts.compiler import diagnostics, values
 
-__all__ = ["check", "parse"]
+__all__ = ["check", "parse", "positioned"]
 
 _Loc = tuple[str | int, ...]
 _MAX_DEPTH = 64
@@ -55,6 +55,11 @@ def check(text: str) -> tuple[values.Values, tuple[diagnostics.Diagnostic, ...]]
         raise diagnostics.ValuesError(problems)
     warnings = {_positioned(tree, w.loc, w.message, w.code) for w in values.warnings(model.sts)}
     return model, tuple(sorted(warnings))
+
+
+def positioned(text: str, loc: _Loc, message: str, code: str) -> diagnostics.Diagnostic:
+    """A diagnostic at ``loc`` (aliases) of the valid values ``text``, for checks made after ``check``."""
+    return _positioned(_load(text), loc, message, code)
 
 
 def _fail(line: int, column: int, path: str, message: str, code: str) -> typing.NoReturn:
