@@ -23,7 +23,7 @@ from typing import Any
 
 from kube_sts.compiler.trust import subjects
 from kube_sts.runtime import config
-from kube_sts.runtime.webhook.admission import injection
+from kube_sts.runtime.webhook import injection
 
 __all__ = ["MAX_SUBJECT_BYTES", "TOKEN_URL", "credential_configuration", "document", "provider_name", "shell"]
 
