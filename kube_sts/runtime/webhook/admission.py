@@ -34,6 +34,7 @@ import orjson
 
 from kube_sts.runtime import config
 from kube_sts.runtime.http import messages as web
+from kube_sts.runtime.http import router
 from kube_sts.runtime.webhook import injection
 
 __all__ = ["MAX_ANSWER", "MAX_BODY", "add_routes", "review"]
@@ -113,8 +114,8 @@ def _review(runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: byte
     return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
-def add_routes(app: Any, runtime: config.RuntimeConfig, ca_bundle: Callable[[], bytes | None]) -> None:
-    """Register ``POST /mutate/<name>`` on ``app`` for every endpoint with an injector."""
+def add_routes(app: router.Router, runtime: config.RuntimeConfig, ca_bundle: Callable[[], bytes | None]) -> None:
+    """Register ``POST {config.WEBHOOK_PATH}<name>`` on ``app`` for every endpoint with an injector."""
     for endpoint in runtime.endpoints:
         if endpoint.injector is None:
             continue
