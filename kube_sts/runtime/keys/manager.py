@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import pathlib
@@ -34,7 +35,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from kube_sts.runtime import config
+from kube_sts.runtime import config, periodic
 from kube_sts.runtime.keys import keyset, rotation
 from kube_sts.runtime.kube import api as kubeapi
 
@@ -71,7 +72,10 @@ class ConflictError(Exception):
 
 
 class SecretStore(Protocol):
-    """The key set Secret in the API server (``keyset.json`` bytes and the resourceVersion)."""
+    """The key set Secret in the API server (``keyset.json`` bytes and the resourceVersion).
+
+    Failures: ``ConflictError`` when another writer came first; ``kubeapi.APIError`` or
+    ``OSError`` when the store cannot be reached or refuses."""
 
     def read(self, namespace: str, name: str) -> tuple[bytes, str] | None: ...
 
@@ -356,7 +360,7 @@ class KeyProvider:
             data, self._resource_version = found
         except ConflictError:
             return self._refresh_managed_after_conflict(name)
-        except Exception as exc:  # the API server is unreachable or refused: keep going on what we have
+        except (kubeapi.APIError, OSError) as exc:  # unreachable or refused: keep going on what we have
             if str(exc) != self._read_error:
                 self._read_error = str(exc)
                 fallback = "keeping the loaded key set" if self._snapshot.keys is not None else "using the mounted file"
@@ -426,7 +430,7 @@ class KeyProvider:
         except ConflictError:
             log.info("endpoint %s: another replica rotated %s first; reloading it", self.endpoint.name, name)
             return self._check_publication(self._refresh_managed_after_conflict(name))
-        except Exception as exc:
+        except (kubeapi.APIError, OSError) as exc:
             kept = {key.kid for key in snapshot.keys.keys}
             if {key.kid for key in step.keyset.keys} <= kept:
                 # Only windows changed (the served key extended while its successor waits) or keys
@@ -487,7 +491,7 @@ class KeyProvider:
         url = f"{self.endpoint.issuer.url}/certs"
         try:
             served = _served_kids(self.fetcher(url))
-        except Exception as exc:  # any fetch or parse failure leaves the keys held
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # the fetch or the JWKS failed: keys stay held
             if str(exc) != self._fetch_error:
                 log.warning("endpoint %s: cannot fetch %s (%s); unserved keys stay held", self.endpoint.name, url, exc)
                 self._fetch_error = str(exc)
@@ -519,8 +523,7 @@ class KeyManager:
     def __init__(self, providers: Mapping[str, KeyProvider], interval: float = REFRESH_INTERVAL) -> None:
         self.providers = dict(providers)
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._runner = periodic.Periodic("kube-sts-keys", self.refresh, interval)
 
     @classmethod
     def from_config(
@@ -563,17 +566,7 @@ class KeyManager:
 
     def start(self) -> None:
         """Refresh once now, then every ``interval`` seconds until ``stop()``."""
-        self.refresh()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="kube-sts-keys", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
+        self._runner.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._runner.stop()

@@ -39,7 +39,7 @@ from typing import Any
 
 from cryptography import exceptions, x509
 
-from kube_sts.runtime import config
+from kube_sts.runtime import config, periodic
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.tls import certificates
 
@@ -461,8 +461,7 @@ class TLSManager:
         self.clock = clock
         self.file_interval = file_interval
         self.resync_interval = resync_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._runner = periodic.Periodic("kube-sts-tls", self.tick, file_interval)
         self._due = 0.0
 
     def server_context(self) -> ssl.SSLContext:
@@ -495,20 +494,7 @@ class TLSManager:
 
     def start(self) -> None:
         """A first round now (so a certificate is served when possible), then one per interval."""
-        self.tick()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="kube-sts-tls", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.file_interval):
-            try:
-                self.tick()
-            except Exception:
-                log.exception("TLS manager round failed")
+        self._runner.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._runner.stop()
