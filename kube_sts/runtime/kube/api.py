@@ -21,8 +21,8 @@ import base64
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import kubernetes.client
 import kubernetes.config
@@ -32,6 +32,7 @@ __all__ = [
     "PARTIAL_METADATA",
     "APIError",
     "AlreadyExistsError",
+    "ChangedError",
     "ConflictError",
     "KubeAPI",
     "NotFoundError",
@@ -39,7 +40,10 @@ __all__ = [
     "Review",
     "Secret",
     "UnavailableError",
+    "read_modify_write",
 ]
+
+T = TypeVar("T")
 
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 POD_NAME = "authentication.kubernetes.io/pod-name"
@@ -78,6 +82,25 @@ class ConflictError(APIError):
 
 class UnavailableError(APIError):
     """The API server could not be reached, timed out, or answered 429/5xx."""
+
+
+class ChangedError(Exception):
+    """Every attempt of ``read_modify_write`` met a concurrent writer."""
+
+
+def read_modify_write(attempt: Callable[[], T], attempts: int = 5) -> T:
+    """Run ``attempt`` (read an object, decide, write it back) until it completes.
+
+    ``attempt`` raises ``ConflictError`` (or ``AlreadyExistsError``) when another writer came
+    between its read and its write; it then runs again on a fresh read, at most ``attempts``
+    times, after which ``ChangedError`` says so. Every other error is the caller's.
+    """
+    for _ in range(attempts):
+        try:
+            return attempt()
+        except (ConflictError, AlreadyExistsError):
+            continue
+    raise ChangedError(f"kept changing during {attempts} attempts")
 
 
 @dataclasses.dataclass(frozen=True)

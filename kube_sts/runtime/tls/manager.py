@@ -374,60 +374,68 @@ class SecretManager:
         )
 
     def _settle_secret(self) -> certificates.Bundle:
-        for _ in range(MAX_ATTEMPTS):
-            now = _utc(self.clock())
+        try:
+            return kubeapi.read_modify_write(self._settle_once, MAX_ATTEMPTS)
+        except kubeapi.ChangedError:
+            raise TLSSecretError(
+                f"no consistent read-and-write after {MAX_ATTEMPTS} attempts; retrying later"
+            ) from None
+
+    def _settle_once(self) -> certificates.Bundle:
+        now = _utc(self.clock())
+        try:
+            secret = self.kube.get_secret(self.namespace, self.name)
+        except kubeapi.NotFoundError:
+            bundle = certificates.create(self.dns_names, now, self.policy)
             try:
-                secret = self.kube.get_secret(self.namespace, self.name)
-            except kubeapi.NotFoundError:
-                bundle = certificates.create(self.dns_names, now, self.policy)
-                try:
-                    self.kube.create_secret(self._secret(bundle, {}))
-                except kubeapi.AlreadyExistsError:
-                    log.info("TLS Secret %s/%s was created by another replica; loading it", self.namespace, self.name)
-                    continue
-                log.info("TLS Secret %s/%s created with a new CA", self.namespace, self.name)
-                return bundle
-            bundle = self._own(secret)
-            decision = certificates.decide(bundle, self.dns_names, now, self.policy)
-            if not decision:
-                return bundle
-            renewed = certificates.apply(bundle, decision, self.dns_names, now, self.policy)
-            try:
-                self.kube.replace_secret(self._secret(renewed, secret.labels), secret.resource_version)
-            except (kubeapi.ConflictError, kubeapi.NotFoundError):
-                log.info("TLS Secret %s/%s changed meanwhile; reading it again", self.namespace, self.name)
-                continue
-            log.info("TLS Secret %s/%s renewed: %s", self.namespace, self.name, "; ".join(decision.reasons))
-            return renewed
-        raise TLSSecretError(f"no consistent read-and-write after {MAX_ATTEMPTS} attempts; retrying later")
+                self.kube.create_secret(self._secret(bundle, {}))
+            except kubeapi.AlreadyExistsError:
+                log.info("TLS Secret %s/%s was created by another replica; loading it", self.namespace, self.name)
+                raise
+            log.info("TLS Secret %s/%s created with a new CA", self.namespace, self.name)
+            return bundle
+        bundle = self._own(secret)
+        decision = certificates.decide(bundle, self.dns_names, now, self.policy)
+        if not decision:
+            return bundle
+        renewed = certificates.apply(bundle, decision, self.dns_names, now, self.policy)
+        try:
+            self.kube.replace_secret(self._secret(renewed, secret.labels), secret.resource_version)
+        except (kubeapi.ConflictError, kubeapi.NotFoundError) as exc:
+            log.info("TLS Secret %s/%s changed meanwhile; reading it again", self.namespace, self.name)
+            raise kubeapi.ConflictError(exc.status, exc.reason, exc.message) from None
+        log.info("TLS Secret %s/%s renewed: %s", self.namespace, self.name, "; ".join(decision.reasons))
+        return renewed
 
     def _align_webhook(self, name: str, ca_pem: bytes) -> None:
         wanted = base64.b64encode(ca_pem).decode("ascii")
-        for _ in range(MAX_ATTEMPTS):
-            try:
-                current = self.kube.get_mutating_webhook(name)
-                webhooks: list[dict[str, Any]] = list(current.get("webhooks") or [])
-                drifted = [w["name"] for w in webhooks if (w.get("clientConfig") or {}).get("caBundle") != wanted]
-                if not drifted:
-                    self._webhook_ok(name)
-                    return
+
+        def attempt() -> list[str]:
+            current = self.kube.get_mutating_webhook(name)
+            webhooks: list[dict[str, Any]] = list(current.get("webhooks") or [])
+            drifted = [w["name"] for w in webhooks if (w.get("clientConfig") or {}).get("caBundle") != wanted]
+            if drifted:
                 patch = {
                     "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
                     "webhooks": [{"name": w, "clientConfig": {"caBundle": wanted}} for w in drifted],
                 }
                 self.kube.patch_mutating_webhook(name, patch, "strategic")
-            except kubeapi.ConflictError:
-                continue
-            except kubeapi.NotFoundError:
-                self._webhook_problem(name, "does not exist (yet); its caBundle is set once it is applied")
-                return
-            except kubeapi.APIError as exc:
-                self._webhook_problem(name, f"cannot be updated: {exc}")
-                return
-            log.info("MutatingWebhookConfiguration %s: caBundle set for %s", name, ", ".join(drifted))
-            self._webhook_ok(name)
+            return drifted
+
+        try:
+            drifted = kubeapi.read_modify_write(attempt, MAX_ATTEMPTS)
+        except kubeapi.ChangedError as exc:
+            self._webhook_problem(name, str(exc))
             return
-        self._webhook_problem(name, f"kept changing during {MAX_ATTEMPTS} attempts")
+        except kubeapi.NotFoundError:
+            self._webhook_problem(name, "does not exist (yet); its caBundle is set once it is applied")
+            return
+        except kubeapi.APIError as exc:
+            self._webhook_problem(name, f"cannot be updated: {exc}")
+            return
+        if drifted:
+            log.info("MutatingWebhookConfiguration %s: caBundle set for %s", name, ", ".join(drifted))
+        self._webhook_ok(name)
 
     def _webhook_problem(self, name: str, problem: str) -> None:
         if self.webhook_problems.get(name) != problem:
