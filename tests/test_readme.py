@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import re
@@ -108,8 +109,11 @@ def test_readme_key_commands_run_from_the_base_install(base_install: pathlib.Pat
         if words[1:3] == ["keys", "add"] and "0" in words:  # the leak: the key signing now is retired
             signing = _signing_kid(sts_compile, tmp_path)
         result = subprocess.run([sts_compile, *words[1:]], cwd=tmp_path, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"{command}\n{result.stderr}"
         assert "Traceback" not in result.stderr
+        if "--s3-bucket" in words:  # uploads need the publish extra, and say so (run under moto below)
+            assert result.returncode == 1 and "pip install 'kube-sts[publish]'" in result.stderr, result.stderr
+            continue
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
     assert sorted(path.name for path in (tmp_path / "docs").rglob("*") if path.is_file()) == [
         "certs",
         "openid-configuration",
@@ -161,3 +165,84 @@ def test_readme_trust_commands_run(tmp_path: pathlib.Path) -> None:
             "Url": "https://d1dexjaad4ian0.cloudfront.net",
             "ClientIDList": ["sts.aws.com"],
         }
+
+
+def test_readme_upload_commands_publish_under_moto(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every `sts-compile issuer-docs ... --s3-bucket` command the README gives uploads both
+    documents to the bucket it names and invalidates CloudFront (moto's S3 and CloudFront)."""
+    import boto3  # noqa: PLC0415 - the publish extra, not the base install
+    import moto  # noqa: PLC0415
+
+    from kube_sts.compiler import keys  # noqa: PLC0415
+
+    commands = [c for c in readme_commands("sts-compile", "issuer-docs") if "--s3-bucket" in c and "..." not in c]
+    # and the one fed by `kubectl get --raw ... |` (the documents on stdin)
+    piped = re.findall(r"\| (sts-compile issuer-docs --documents - [^\n]*)", README.replace("\\\n", " "))
+    commands += [c for c in piped if "--s3-bucket" in c]
+    assert len(commands) == 3, commands
+    host = "d1dexjaad4ian0.cloudfront.net"
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDFRONT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.chdir(tmp_path)
+    assert keys.main(["keys", "create", "--endpoint", "aws", "-o", "aws-keys.json"]) == 0
+    assert keys.main(["issuer-docs", "--keyset", "aws-keys.json", "--host", host, "-o", "docs"]) == 0
+    answer = json.dumps(
+        {
+            "discovery": json.loads((tmp_path / "docs" / ".well-known" / "openid-configuration").read_text()),
+            "keys": json.loads((tmp_path / "docs" / "certs").read_text()),
+        }
+    )
+    with moto.mock_aws():
+        cloudfront = boto3.client("cloudfront")
+        distribution = cloudfront.create_distribution(DistributionConfig=_distribution_config())["Distribution"]["Id"]
+        for index, command in enumerate(commands):
+            words = shlex.split(command.replace("$ISSUER_HOST", host).replace("$DIST_ID", distribution))
+            bucket = words[words.index("--s3-bucket") + 1]
+            s3 = boto3.client("s3")
+            s3.create_bucket(Bucket=bucket)
+            monkeypatch.setattr(sys, "stdin", io.StringIO(answer))
+            assert keys.main(words[1:]) == 0, (command, capsys.readouterr().err)
+            for key in (".well-known/openid-configuration", "certs"):
+                stored = s3.get_object(Bucket=bucket, Key=key)
+                assert (stored["ContentType"], stored["CacheControl"]) == ("application/json", "max-age=300")
+            listed = cloudfront.list_invalidations(DistributionId=distribution)["InvalidationList"]
+            assert listed["Quantity"] == 1, command  # each command uploads into a fresh bucket
+            s3.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": ".well-known/openid-configuration"}, {"Key": "certs"}]},
+            )
+            s3.delete_bucket(Bucket=bucket)
+            cloudfront = boto3.client("cloudfront")
+            distribution = cloudfront.create_distribution(
+                DistributionConfig={**_distribution_config(), "CallerReference": f"readme-{index}"}
+            )["Distribution"]["Id"]
+
+
+def _distribution_config() -> dict[str, object]:
+    return {
+        "CallerReference": "readme",
+        "Comment": "kube-sts issuer",
+        "Enabled": True,
+        "Origins": {
+            "Quantity": 1,
+            "Items": [
+                {
+                    "Id": "S3",
+                    "DomainName": "openunison-sts-docs.s3.us-east-1.amazonaws.com",
+                    "S3OriginConfig": {"OriginAccessIdentity": ""},
+                }
+            ],
+        },
+        "DefaultCacheBehavior": {
+            "TargetOriginId": "S3",
+            "ViewerProtocolPolicy": "https-only",
+            "MinTTL": 0,
+            "ForwardedValues": {"QueryString": False, "Cookies": {"Forward": "none"}},
+            "TrustedSigners": {"Enabled": False, "Quantity": 0},
+        },
+    }

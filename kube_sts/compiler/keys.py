@@ -289,11 +289,19 @@ def _secret(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _serialized(discovery: Any, jwks: Any) -> dict[str, bytes]:
+    """The files of the issuer layout (path relative to the issuer's root -> bytes)."""
+    return {
+        relative: (json.dumps(document, indent=2) + "\n").encode()
+        for relative, document in ((".well-known/openid-configuration", discovery), ("certs", jwks))
+    }
+
+
 def _write_documents(directory: str, discovery: Any, jwks: Any) -> None:
     root = pathlib.Path(directory)
     (root / ".well-known").mkdir(parents=True, exist_ok=True)
-    for relative, document in ((".well-known/openid-configuration", discovery), ("certs", jwks)):
-        (root / relative).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    for relative, data in _serialized(discovery, jwks).items():
+        (root / relative).write_bytes(data)
 
 
 def _check_documents(origin: str, documents: Any) -> tuple[Any, Any]:
@@ -383,9 +391,28 @@ def _issuer_docs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         discovery, jwks = _check_documents(args.documents, _load_documents(args.documents))
     else:
         discovery, jwks = _check_documents(args.keyset, _offline_documents(args))
-    _write_documents(args.output, discovery, jwks)
     kids = ", ".join(entry["kid"] for entry in jwks["keys"])
-    err.write(f"{args.output}: wrote .well-known/openid-configuration and certs (kids {kids})\n")
+    if args.output is None and args.s3_bucket is None:
+        raise UsageError("sts-compile issuer-docs: give -o DIR, --s3-bucket BUCKET or both")
+    if args.cloudfront_distribution is not None and args.s3_bucket is None:
+        raise UsageError("sts-compile issuer-docs: --cloudfront-distribution needs --s3-bucket")
+    if args.output is not None:
+        _write_documents(args.output, discovery, jwks)
+        err.write(f"{args.output}: wrote .well-known/openid-configuration and certs (kids {kids})\n")
+    if args.s3_bucket is not None:
+        from kube_sts.compiler import publish  # noqa: PLC0415 - boto3 only when uploading
+
+        try:
+            result = publish.publish(args.s3_bucket, _serialized(discovery, jwks), args.cloudfront_distribution)
+        except publish.PublishError as exc:
+            raise InputError(f"s3://{args.s3_bucket}: {exc}") from None
+        for key in result.changed:
+            err.write(f"s3://{args.s3_bucket}/{key}: uploaded (kids {kids})\n")
+        for key in result.unchanged:
+            err.write(f"s3://{args.s3_bucket}/{key}: unchanged\n")
+        if result.invalidation is not None:
+            paths = " ".join("/" + key for key in result.changed)
+            err.write(f"cloudfront {args.cloudfront_distribution}: invalidation {result.invalidation} of {paths}\n")
     return 0
 
 
@@ -460,7 +487,11 @@ def _docs_parser(docs: argparse.ArgumentParser) -> None:
     docs.add_argument("--aws-session-tags", action="store_true", help="with --keyset: the endpoint sets session tags")
     docs.add_argument("--now", **_NOW)
     docs.add_argument("--cacert", help="CA bundle to trust for --url")
-    docs.add_argument("-o", "--output", required=True, help="directory to write (then `aws s3 sync` it)")
+    docs.add_argument("-o", "--output", help="directory to write")
+    docs.add_argument("--s3-bucket", help="upload to this bucket's root (needs the publish extra: boto3)")
+    docs.add_argument(
+        "--cloudfront-distribution", metavar="ID", help="with --s3-bucket: invalidate the paths that changed"
+    )
     docs.set_defaults(run=_issuer_docs)
 
 

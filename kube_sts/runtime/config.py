@@ -25,6 +25,7 @@ __all__ = [
     "Injector",
     "Issuer",
     "KeyManagement",
+    "Preset",
     "RuntimeConfig",
     "Token",
     "parse_duration",
@@ -110,6 +111,28 @@ MANAGED_BY_LABEL = APP_LABEL_PREFIX + "managed-by"
 def app_labels(component: str) -> dict[str, str]:
     """The recommended labels of an object the runtime creates itself."""
     return {NAME_LABEL: PRODUCT, COMPONENT_LABEL: component}
+
+
+TOKEN_ROOT = "/var/run/secrets/kube-sts"  # noqa: S105 (a path, not a secret)
+"""Where an endpoint's token directory is mounted in every injected container: ``<root>/<endpoint>``."""
+TOKEN_FILE = "token"  # noqa: S105 (a file name)
+CREDENTIAL_CONFIGURATION_FILE = "credential-configuration.json"
+"""The Google ``external_account`` configuration the sidecar writes beside the token (``gcp`` preset)."""
+GOOGLE_STS_URL = "https://sts.googleapis.com/v1/token"
+AZURE_AUTHORITY_HOST = "https://login.microsoftonline.com/"
+_GCP_PROVIDER = re.compile(
+    r"^(?://iam\.googleapis\.com/)?(projects/[0-9]{1,20}/locations/global/workloadIdentityPools/"
+    r"[a-z0-9-]{4,32}/providers/[a-z0-9-]{4,32})$"
+)
+_HTTPS_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+
+
+def token_dir(endpoint: str) -> str:
+    """The directory holding ``endpoint``'s token (and credential configuration) in injected containers."""
+    return f"{TOKEN_ROOT}/{endpoint}"
 
 
 def _audience_key(audience: str) -> str:
@@ -303,8 +326,237 @@ class Token(Model):
         return value
 
 
+Preset = Literal["aws", "azure", "gcp", "vault", "generic"]
+
+
+class AwsSettings(Model):
+    """Settings of the `aws` preset."""
+
+    region: Annotated[str, _check(_AWS_REGION, "an AWS region such as 'eu-west-1'")] | None = None
+    """Sets `AWS_REGION` and `AWS_DEFAULT_REGION` in application containers (as the EKS Pod
+    identity webhook does with its region flag). Omit to leave the region to the Pod."""
+
+
+class AzureSettings(Model):
+    """Settings of the `azure` preset (what the Azure workload identity webhook injects)."""
+
+    tenant_id: Annotated[str, _check(_TENANT, "an Entra tenant ID (a GUID) or a tenant domain")]
+    """`AZURE_TENANT_ID`: the tenant of the app registrations or managed identities."""
+    authority_host: Annotated[str, _check(_HTTPS_URL, "an https:// URL")] = AZURE_AUTHORITY_HOST
+    """`AZURE_AUTHORITY_HOST`: Entra ID's login host (another cloud's, e.g. `https://login.microsoftonline.us/`)."""
+
+
+class GcpSettings(Model):
+    """Settings of the `gcp` preset: the workload identity pool provider that trusts this issuer."""
+
+    provider: Annotated[
+        str,
+        _check(
+            _GCP_PROVIDER,
+            "a provider resource name 'projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<id>'",
+        ),
+    ]
+    """The provider's resource name,
+    `projects/<project number>/locations/global/workloadIdentityPools/<pool>/providers/<id>`
+    (with or without the `//iam.googleapis.com/` prefix). The default audience is the provider's
+    own default, `https://iam.googleapis.com/projects/...`."""
+    token_url: Annotated[str, _check(_HTTPS_URL, "an https:// URL")] = GOOGLE_STS_URL
+    """The Security Token Service the `external_account` configuration names."""
+
+    @property
+    def resource_name(self) -> str:
+        """``//iam.googleapis.com/projects/...``: the ``audience`` of the credential configuration."""
+        match = _GCP_PROVIDER.match(self.provider)
+        assert match is not None
+        return "//iam.googleapis.com/" + match.group(1)
+
+    @property
+    def default_audience(self) -> str:
+        return "https:" + self.resource_name
+
+    def credential_configuration(self, token_file: str, identity: str) -> dict[str, Any]:
+        """The ``external_account`` JSON (as ``gcloud iam workload-identity-pools create-cred-config``
+        writes it) reading ``token_file``; ``identity``, the Pod's annotation, is a service account
+        to impersonate when it is an e-mail address, else (e.g. ``"true"``) the Pod uses direct
+        resource access (its principal is the token's ``sub``)."""
+        document: dict[str, Any] = {
+            "type": "external_account",
+            "audience": self.resource_name,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": self.token_url,
+            "credential_source": {"file": token_file, "format": {"type": "text"}},
+        }
+        if _EMAIL.match(identity):
+            document["service_account_impersonation_url"] = (
+                f"https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{identity}:generateAccessToken"
+            )
+        return document
+
+
+class VaultSettings(Model):
+    """Settings of the `vault` preset (HashiCorp Vault's JWT auth method)."""
+
+    address: Annotated[str, _check(_HTTPS_URL, "an https:// URL")]
+    """`VAULT_ADDR`, e.g. `https://vault.example.com:8200`; also the default audience (the Vault role's
+    `bound_audiences`)."""
+    auth_path: Annotated[
+        str,
+        Field(min_length=1),
+        _check(re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"), "a mount path such as 'jwt'"),
+    ] = "jwt"
+    """`VAULT_AUTH_PATH`: where the JWT auth method is mounted (`vault auth enable -path=<this> jwt`)."""
+    namespace: Annotated[str, Field(min_length=1)] | None = None
+    """`VAULT_NAMESPACE` (Vault Enterprise / HCP Vault namespaces). Omit for none."""
+
+
+_SETTINGS = {"aws": "aws", "azure": "azure", "gcp": "gcp", "vault": "vault"}
+_NAMES = {
+    "aws": ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"),
+    "azure": ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID"),
+    "gcp": ("KUBE_STS_TOKEN_FILE", "KUBE_STS_IDENTITY"),
+    "vault": ("VAULT_JWT_FILE", "VAULT_AUTH_ROLE"),
+}
+_TOKEN_NAME = "token_environment_variable_name"  # noqa: S105 (a key)
+_VALUE_NAME = "label_value_environment_variable_name"
+
+
+def _given(mapping: dict[str, Any], key: str) -> bool:
+    """Whether ``key`` (snake_case, or its camelCase alias) is set explicitly in ``mapping``."""
+    return key in mapping or pydantic.alias_generators.to_camel(key) in mapping
+
+
+def _setting(data: dict[str, Any], block: str, key: str) -> Any:
+    settings = data.get(block)
+    if not isinstance(settings, dict):
+        return None
+    return settings.get(key, settings.get(pydantic.alias_generators.to_camel(key)))
+
+
+def preset_of(data: dict[str, Any]) -> Any:
+    """The preset in force for raw endpoint ``data``: ``preset``, else ``aws`` when the injector
+    hands the token to AWS SDKs (``AWS_WEB_IDENTITY_TOKEN_FILE``, the seed's layout), else ``generic``."""
+    if "preset" in data:
+        return data["preset"]
+    injector = data.get("injector")
+    if isinstance(injector, dict) and injector.get(_TOKEN_NAME) == _NAMES["aws"][0]:
+        return "aws"
+    return "generic"
+
+
+def _extras(preset: str, data: dict[str, Any]) -> dict[str, str]:
+    """The variables ``preset`` adds for application containers (explicit ``extraEnv`` entries win)."""
+    extras: dict[str, str] = {}
+    if preset == "aws":
+        extras["AWS_STS_REGIONAL_ENDPOINTS"] = "regional"
+        region = _setting(data, "aws", "region")
+        if isinstance(region, str):
+            extras["AWS_REGION"] = extras["AWS_DEFAULT_REGION"] = region
+    elif preset == "azure":
+        authority = _setting(data, "azure", "authority_host")
+        extras["AZURE_AUTHORITY_HOST"] = authority if isinstance(authority, str) else AZURE_AUTHORITY_HOST
+        tenant = _setting(data, "azure", "tenant_id")
+        if isinstance(tenant, str):
+            extras["AZURE_TENANT_ID"] = tenant
+    elif preset == "gcp" and isinstance(data.get("name"), str):
+        extras["GOOGLE_APPLICATION_CREDENTIALS"] = f"{token_dir(data['name'])}/{CREDENTIAL_CONFIGURATION_FILE}"
+    elif preset == "vault":
+        address = _setting(data, "vault", "address")
+        if isinstance(address, str):
+            extras["VAULT_ADDR"] = address
+        path = _setting(data, "vault", "auth_path")
+        extras["VAULT_AUTH_PATH"] = path if isinstance(path, str) else "jwt"
+        namespace = _setting(data, "vault", "namespace")
+        if isinstance(namespace, str):
+            extras["VAULT_NAMESPACE"] = namespace
+    return extras
+
+
+def _audience(preset: str, data: dict[str, Any]) -> str | None:
+    if preset == "aws":
+        return "sts.amazonaws.com"
+    if preset == "azure":
+        return "api://AzureADTokenExchange"
+    if preset == "gcp":
+        provider = _setting(data, "gcp", "provider")
+        match = _GCP_PROVIDER.match(provider) if isinstance(provider, str) else None
+        return f"https://iam.googleapis.com/{match.group(1)}" if match else None
+    if preset == "vault":
+        address = _setting(data, "vault", "address")
+        return address if isinstance(address, str) else None
+    return None
+
+
+def apply_preset(data: Any) -> Any:
+    """Raw endpoint ``data`` with the preset's defaults filled in where no key is given.
+
+    The preset is a default layer under the values file: an explicit key always wins, for
+    ``extraEnv`` variable by variable. The result names its preset, so validating it again (the
+    runtime reading the rendered ConfigMap) gives the same endpoint.
+    """
+    if not isinstance(data, dict):
+        return data
+    preset = preset_of(data)
+    if preset not in _NAMES:
+        return data
+    if preset == "gcp" and data.get("gcp") is None:
+        raise ValueError(
+            "preset gcp needs gcp.provider, the workload identity pool provider's resource name "
+            "'projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<id>'"
+        )
+    filled = {**data, "preset": preset}
+    # An inferred preset does not choose the audience: the seed's layout always names it, and a
+    # file of that layout without one is a mistake to report, not to guess.
+    audience = _audience(preset, data) if "preset" in data else None
+    if audience is not None and "audience" not in data:
+        filled["audience"] = audience
+    token = data.get("token", {})
+    if isinstance(token, dict) and not _given(token, "algorithm"):
+        filled["token"] = {**token, "algorithm": "RS256"}  # the one algorithm every relying party accepts
+    injector = data.get("injector")
+    if isinstance(injector, dict):
+        names = dict(zip((_TOKEN_NAME, _VALUE_NAME), _NAMES[preset], strict=True))
+        injector = {**{k: v for k, v in names.items() if k not in injector}, **injector}
+        key = "extraEnv" if "extraEnv" in injector or "extra_env" not in injector else "extra_env"
+        explicit = injector.get(key, {})
+        if isinstance(explicit, dict):
+            injector[key] = {**_extras(preset, data), **explicit}
+        filled["injector"] = injector
+    return filled
+
+
+def _injector_schema(schema: dict[str, Any]) -> None:
+    """The variable names are required unless the endpoint's preset sets them (``_endpoint_schema``)."""
+    schema["required"] = [key for key in schema.get("required", []) if key not in (_TOKEN_NAME, _VALUE_NAME)]
+
+
+def _endpoint_schema(schema: dict[str, Any]) -> None:
+    """What ``apply_preset`` fills is required only where no preset does: the audience without an
+    audience-setting preset (``vault`` sets it from ``vault.address``), the injector's variable
+    names without a preset other than ``generic``, and ``gcp`` with the ``gcp`` preset. The
+    ``aws`` preset inferred from ``AWS_WEB_IDENTITY_TOKEN_FILE`` changes nothing here: that
+    injector names its variables itself."""
+    schema["required"] = [key for key in schema.get("required", []) if key != "audience"]
+
+    def preset(*names: str) -> dict[str, Any]:
+        return {"required": ["preset"], "properties": {"preset": {"enum": list(names)}}}
+
+    schema["allOf"] = [
+        {
+            "if": {"anyOf": [preset("aws", "azure", "gcp"), {**preset("vault"), "required": ["preset", "vault"]}]},
+            "else": {"required": ["audience"]},
+        },
+        {
+            "if": preset(*_NAMES),
+            "else": {"properties": {"injector": {"required": [_TOKEN_NAME, _VALUE_NAME]}}},
+        },
+        {"if": preset("gcp"), "then": {"required": ["gcp"]}},
+    ]
+
+
 class Injector(Model):
     """What the admission webhook injects into Pods labelled `tremolo.io/<label>`."""
+
+    model_config = pydantic.ConfigDict(**Model.model_config, json_schema_extra=_injector_schema)
 
     label: LabelName
     """Pods labelled `tremolo.io/<label>` get the sidecar; the annotation of the same key holds
@@ -326,10 +578,34 @@ class Injector(Model):
 class Endpoint(Model):
     """One STS endpoint: an audience, an issuer with its own key set, and who may use it."""
 
+    model_config = pydantic.ConfigDict(**Model.model_config, json_schema_extra=_endpoint_schema)
+
     name: DnsLabel
     """Unique name; used in object names and the webhook path."""
+    preset: Preset = "generic"
+    """The relying party: its audience, injected variable names, algorithm and extra variables
+    become this endpoint's defaults; any key set explicitly wins (`extraEnv` variable by variable).
+    `aws` (also the default when the injector's token variable is `AWS_WEB_IDENTITY_TOKEN_FILE`,
+    the seed's layout; then without choosing the audience): audience `sts.amazonaws.com`,
+    `AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN` (the annotation), `AWS_STS_REGIONAL_ENDPOINTS=regional`,
+    and `AWS_REGION`/`AWS_DEFAULT_REGION` from `aws.region`. `azure`: audience
+    `api://AzureADTokenExchange`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID` (the annotation),
+    `AZURE_TENANT_ID` from `azure.tenantId`, `AZURE_AUTHORITY_HOST`. `gcp`: the provider's default
+    audience, and the sidecar writes the `external_account` credential configuration beside the
+    token, named by `GOOGLE_APPLICATION_CREDENTIALS` (needs `gcp.provider`). `vault`: audience
+    `vault.address`, `VAULT_ADDR`, `VAULT_JWT_FILE`, `VAULT_AUTH_ROLE` (the annotation),
+    `VAULT_AUTH_PATH`, `VAULT_NAMESPACE`. Every preset signs RS256. `generic`: no defaults."""
+    aws: AwsSettings | None = None
+    """Settings of the `aws` preset."""
+    azure: AzureSettings | None = None
+    """Settings of the `azure` preset."""
+    gcp: GcpSettings | None = None
+    """Settings of the `gcp` preset (required with it)."""
+    vault: VaultSettings | None = None
+    """Settings of the `vault` preset."""
     audience: Annotated[str, Field(min_length=1)]
-    """`aud` of minted tokens: the relying party's client ID (e.g. `sts.amazonaws.com`)."""
+    """`aud` of minted tokens: the relying party's client ID (e.g. `sts.amazonaws.com`). Required
+    unless the preset sets it."""
     path: Annotated[str, _check(_PATH, "a URL path such as '/aws' (starts with '/', no trailing '/')")]
     """URL prefix of this endpoint on the token service, e.g. `/aws`."""
     az_rules: Annotated[list[AzRule], Field(alias="azRules")] = []
@@ -369,6 +645,27 @@ class Endpoint(Model):
     def role_unenforceable(self) -> bool:
         """Rules decide on ``role`` but the minted ``sub`` does not carry it (the relying party cannot check)."""
         return self.rules_mention_role and "{role}" not in self.subject_template
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        return apply_preset(data)
+
+    @pydantic.model_validator(mode="after")
+    def _settings_of_the_preset(self) -> Endpoint:
+        for block in ("aws", "azure", "gcp", "vault"):
+            if getattr(self, block) is not None and self.preset != block:
+                raise ValueError(
+                    f"{block}: settings apply only with preset: {block} (this endpoint's is {self.preset})"
+                )
+        return self
+
+    def credential_configuration(self, identity: str) -> dict[str, Any] | None:
+        """The credential configuration the sidecar writes beside the token for a Pod whose
+        annotation is ``identity`` (``gcp`` preset), or None."""
+        if self.gcp is None:
+            return None
+        return self.gcp.credential_configuration(f"{token_dir(self.name)}/{TOKEN_FILE}", identity)
 
     @pydantic.model_validator(mode="after")
     def _tokens_outlived_by_keys(self) -> Endpoint:

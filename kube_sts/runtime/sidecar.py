@@ -11,6 +11,9 @@ volume) leaves the last good token in place. Refreshes are due at ``--refresh-fr
 answer's ``expires_in`` (+-10% jitter) after the answer arrived, on the monotonic clock, so skew
 between the node's clock and the token service's changes nothing; failures back off
 exponentially (1 s doubling to ``--max-backoff``) while the last good token stays on disk.
+``--credential-config FILE`` with ``--credential-config-env VAR`` also writes the JSON object the
+variable holds to FILE (atomically, mode 0644) before the first exchange: the Google
+``external_account`` configuration that names the token file, so a Pod needs no ConfigMap for it.
 ``--once`` fetches one token and exits (init-container fallback); ``--check`` exits 0 when the
 token file holds a token valid for at least 10 more seconds, judged by when the file was written
 and the token's own lifetime (startup and readiness probes). SIGTERM and SIGINT end the loop with
@@ -68,6 +71,8 @@ class Flag:
     TOKEN_FILE = "--token-file"  # noqa: S105 (a flag name)
     CA_FILE = "--ca-file"
     CA_ENV = "--ca-env"
+    CREDENTIAL_CONFIG = "--credential-config"
+    CREDENTIAL_CONFIG_ENV = "--credential-config-env"
     REFRESH_FRACTION = "--refresh-fraction"
     MAX_BACKOFF = "--max-backoff"
     ONCE = "--once"
@@ -152,6 +157,8 @@ class Options:
     token_file: str = ""
     ca_file: str | None = None
     ca_env: str | None = None
+    credential_config: str | None = None
+    credential_config_env: str | None = None
     refresh_fraction: float = 0.5
     max_backoff: float = 30.0
     once: bool = False
@@ -171,6 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(Flag.TOKEN_FILE, required=True, help="where the minted token is written")
     parser.add_argument(Flag.CA_FILE, help="PEM file of the token service's CA")
     parser.add_argument(Flag.CA_ENV, help="variable holding the PEM of the token service's CA")
+    parser.add_argument(Flag.CREDENTIAL_CONFIG, help="also write this credential configuration file")
+    parser.add_argument(Flag.CREDENTIAL_CONFIG_ENV, help="variable holding the credential configuration (JSON)")
     parser.add_argument(Flag.REFRESH_FRACTION, type=float, default=0.5, help="refresh at this share of the lifetime")
     parser.add_argument(Flag.MAX_BACKOFF, type=float, default=30.0, help="longest wait between failed attempts (s)")
     parser.add_argument(Flag.ONCE, action="store_true", help="fetch one token and exit")
@@ -178,7 +187,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NAMES = ("url", "service_account_token", "token_file", "ca_file", "ca_env", "refresh_fraction", "max_backoff")
+_NAMES = (
+    "url",
+    "service_account_token",
+    "token_file",
+    "ca_file",
+    "ca_env",
+    "credential_config",
+    "credential_config_env",
+    "refresh_fraction",
+    "max_backoff",
+)
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> Options:
@@ -195,6 +214,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> Options:
             parser.error("--refresh-fraction must be between 0.1 and 0.9")
         if not 0.1 <= options.max_backoff <= 3600:
             parser.error("--max-backoff must be between 0.1 and 3600 seconds")
+        if (options.credential_config is None) != (options.credential_config_env is None):
+            parser.error("--credential-config and --credential-config-env go together")
     return options
 
 
@@ -256,7 +277,26 @@ def configure(args: Options) -> ssl.SSLContext:
         _fail(f"--token-file {args.token_file}: the directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         _fail(f"--token-file {args.token_file}: the directory {directory} is not writable")
-    return _context(args)
+    context = _context(args)
+    if args.credential_config is not None:
+        write_credential_config(args)
+    return context
+
+
+def write_credential_config(args: Options) -> None:
+    """Writes the JSON object in ``--credential-config-env`` to ``--credential-config``, or ``_fail``."""
+    where = f"variable {args.credential_config_env} (--credential-config-env)"
+    text = os.environ.get(args.credential_config_env or "", "")
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        _fail(f"{where} holds no JSON")
+    if not isinstance(document, dict) or not document:
+        _fail(f"{where} holds no JSON object")
+    try:
+        write_atomically(args.credential_config or "", (json.dumps(document, indent=2) + "\n").encode())
+    except OSError as exc:
+        _fail(f"cannot write --credential-config {args.credential_config}: {exc.strerror or exc}")
 
 
 def _printable_ascii(text: str) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import pathlib
 import select
@@ -142,23 +143,63 @@ def header_flood(
     return status, body, sent
 
 
-def stalled_connections(context: ssl.SSLContext | None, port: int, count: int) -> list[socket.socket]:
+def stalled_connections(context: ssl.SSLContext | None, port: int, count: int, workers: int = 8) -> list[socket.socket]:
     """``count`` connections that never finish a request: with ``context``, a TLS handshake and
-    half a request line; without, TCP connections that never start their handshake."""
-    held: list[socket.socket] = []
+    half a request line; without, TCP connections that never start their handshake. Opened by
+    ``workers`` threads at once (a flood arrives faster than one client's handshakes)."""
+
+    def one(_: int) -> socket.socket | None:
+        sock = socket.create_connection((HOST, port), timeout=30)
+        if context is None:
+            return sock
+        try:
+            tls = context.wrap_socket(sock, server_hostname="localhost")
+            tls.sendall(b"POST /aws/token HTTP/1.1\r\nHost: local")
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            sock.close()
+            return None
+        return tls
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return [sock for sock in pool.map(one, range(count)) if sock is not None]
+
+
+def client_hello(context: ssl.SSLContext) -> bytes:
+    """The first flight of a TLS handshake with ``context``: the ClientHello record."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    handshake = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        handshake.do_handshake()
+    return outgoing.read()
+
+
+def stalled_handshakes(context: ssl.SSLContext, port: int, count: int, *, whole: bool) -> list[socket.socket]:
+    """``count`` TCP connections that start a TLS handshake and stop: after half the ClientHello,
+    or (``whole``) after all of it, never answering the server's flight."""
+    hello = client_hello(context)
+    sent = hello if whole else hello[: len(hello) // 2]
+    held = []
     for _ in range(count):
         sock = socket.create_connection((HOST, port), timeout=30)
-        if context is not None:
-            try:
-                tls = context.wrap_socket(sock, server_hostname="localhost")
-                tls.sendall(b"POST /aws/token HTTP/1.1\r\nHost: local")
-            except (ConnectionError, ssl.SSLError, TimeoutError):
-                sock.close()
-                continue
-            held.append(tls)
-        else:
-            held.append(sock)
+        sock.sendall(sent)
+        held.append(sock)
     return held
+
+
+def closed_within(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server closes ``sock`` (end of stream or reset) within ``timeout`` seconds;
+    what it sends first (its handshake flight) is read and dropped."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+    return False
 
 
 def answer_of(sock: socket.socket) -> bytes | None:

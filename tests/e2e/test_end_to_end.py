@@ -34,11 +34,11 @@ ROLE = "arn:aws:iam::123456789012:role/ou-sts-oidc"
 
 
 class Runtime:
-    def __init__(self, api: apiserver.APIServer, tmp: pathlib.Path) -> None:
+    def __init__(self, api: apiserver.APIServer, tmp: pathlib.Path, values: pathlib.Path = VALUES) -> None:
         out = tmp / "manifests"
         self.webhook_configurations: list[str] = []
         subprocess.run(
-            [sys.executable, "-m", "kube_sts.compiler.cli", "--output-dir", str(out), str(VALUES)],
+            [sys.executable, "-m", "kube_sts.compiler.cli", "--output-dir", str(out), str(values)],
             check=True,
             cwd=ROOT,
             timeout=60,

@@ -187,3 +187,35 @@ def test_expiry_reads_only_well_formed_tokens() -> None:
     assert sidecar.expiry("garbage") is None
     assert sidecar.expiry("a.!!!.c") is None
     assert sidecar.expiry(jwt(1)[:30]) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{"type": "external_account"}', None),
+        ("not json", "holds no JSON"),
+        ("[1]", "holds no JSON object"),
+    ],
+)
+def test_credential_configuration_is_written_beside_the_token(
+    service: TokenService, tls: harness.TLSFiles, tmp_path: pathlib.Path, value: str, message: str | None
+) -> None:
+    target = tmp_path / "out" / "credential-configuration.json"
+    extra = ("--once", "--credential-config", str(target), "--credential-config-env", "CONFIG")
+    result = subprocess.run(
+        command(service, tls, tmp_path, *extra),
+        check=False,
+        timeout=30,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CONFIG": value},
+    )
+    if message is None:
+        assert result.returncode == 0, result.stderr
+        assert json.loads(target.read_text()) == {"type": "external_account"}
+        assert target.stat().st_mode & 0o777 == 0o644
+        assert sorted(p.name for p in target.parent.iterdir()) == ["credential-configuration.json", "token"]
+    else:
+        assert result.returncode == 1 and not target.exists()
+        assert result.stderr == (f"kube-sts-sidecar: error: variable CONFIG (--credential-config-env) {message}\n")
+        assert service.bearers == []  # refused at start-up, before any exchange

@@ -31,8 +31,12 @@ class Limits:
     """Seconds from a connection's handshake, or a request's first byte, to the end of its body."""
     handshake_timeout: float = 10.0
     """Seconds a TLS handshake may take."""
+    shutdown_timeout: float = 5.0
+    """Seconds a closed TLS connection waits for the client's close_notify (the event loop's
+    default is 30: a client that stops reading kept each connection it was refused that long)."""
     max_connections: int = 1024
-    """Open (handshaken) connections; one more is answered 503 ``too_many_connections``."""
+    """Open (handshaken) connections; one more closes the least recently active one not being
+    answered (``transport.Connections``), or is answered 503 ``too_many_connections`` if all are."""
     keep_alive: int = 75
     """Seconds an idle keep-alive connection stays open between requests."""
 

@@ -11,9 +11,13 @@ Rules:
 - application and init containers get the token volume read-only at
   ``/var/run/secrets/kube-sts/<endpoint>`` and the variables, unless they already set them or are
   listed in the ``kube-sts.tremolo.io/exclude-containers`` annotation (comma-separated names);
-- AWS rule: an endpoint whose token variable is ``AWS_WEB_IDENTITY_TOKEN_FILE`` (the variable
-  every AWS SDK reads) also gets ``AWS_STS_REGIONAL_ENDPOINTS=regional`` unless its
-  ``extra_env`` sets that variable;
+- the variables are the endpoint's injector names and ``extra_env``, which its preset
+  (``config.apply_preset``) fills with each relying party's defaults, e.g.
+  ``AWS_STS_REGIONAL_ENDPOINTS=regional`` for ``aws``;
+- an endpoint with a credential configuration (the ``gcp`` preset) hands it to the sidecar in
+  ``KUBE_STS_CREDENTIAL_CONFIG``, built for the Pod's annotation; the sidecar writes it beside the
+  token, so ``GOOGLE_APPLICATION_CREDENTIALS`` names a file in the token volume (no ConfigMap
+  per namespace);
 - without native sidecars (Kubernetes before 1.29) an init container fetches the first token and a
   sidecar container refreshes it; a Pod that runs to completion (``restartPolicy`` ``Never`` or
   ``OnFailure``, e.g. a Job's) gets the init container only, with a warning, since a sidecar
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,6 +55,7 @@ from kube_sts.runtime import config, sidecar
 
 __all__ = [
     "CA_ENV",
+    "CREDENTIAL_CONFIG_ENV",
     "EXCLUDE_ANNOTATION",
     "MARKER_ANNOTATION",
     "MAX_CONTAINERS",
@@ -66,7 +72,7 @@ __all__ = [
 
 MARKER_ANNOTATION = config.INJECTED_ANNOTATION
 EXCLUDE_ANNOTATION = config.EXCLUDE_ANNOTATION
-TOKEN_ROOT = "/var/run/secrets/kube-sts"  # noqa: S105 (a path, not a secret)
+TOKEN_ROOT = config.TOKEN_ROOT
 SA_TOKEN_ROOT = "/var/run/secrets/kube-sts-sa"  # noqa: S105 (a path)
 API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 (a path)
 """Where the API server's ServiceAccount admission mounts the API token into every container that
@@ -74,10 +80,10 @@ has nothing mounted there. The sidecar mounts its own STS-audience token there i
 never holds a credential for the API server (found by the control-plane tier: the API server
 re-runs that admission after our patch and would mount the API token into the added sidecar)."""
 CA_ENV = "KUBE_STS_CA"
+CREDENTIAL_CONFIG_ENV = "KUBE_STS_CREDENTIAL_CONFIG"
 SIDECAR_COMMAND = "kube-sts-sidecar"
 SIDECAR_UID = config.RUN_AS_UID
 SA_TOKEN_SECONDS = 3600
-AWS_TOKEN_VARIABLE = "AWS_WEB_IDENTITY_TOKEN_FILE"  # noqa: S105 (a variable name)
 
 MAX_CONTAINERS = 64
 """Entries of ``containers``, ``initContainers`` and ``ephemeralContainers`` (before the sidecars kube-sts adds)."""
@@ -125,11 +131,15 @@ def sidecar_name(endpoint: str) -> str:
 
 
 def token_dir(endpoint: str) -> str:
-    return f"{TOKEN_ROOT}/{endpoint}"
+    return config.token_dir(endpoint)
 
 
 def token_path(endpoint: str) -> str:
-    return f"{token_dir(endpoint)}/token"
+    return f"{token_dir(endpoint)}/{config.TOKEN_FILE}"
+
+
+def credential_config_path(endpoint: str) -> str:
+    return f"{token_dir(endpoint)}/{config.CREDENTIAL_CONFIGURATION_FILE}"
 
 
 def app_env(endpoint: config.Endpoint, value: str) -> list[tuple[str, str]]:
@@ -140,14 +150,13 @@ def app_env(endpoint: config.Endpoint, value: str) -> list[tuple[str, str]]:
         (injector.token_environment_variable_name, token_path(endpoint.name)),
         (injector.label_value_environment_variable_name, value),
     ]
-    extras = dict(injector.extra_env)
-    if injector.token_environment_variable_name == AWS_TOKEN_VARIABLE:
-        extras.setdefault("AWS_STS_REGIONAL_ENDPOINTS", "regional")
-    env.extend(sorted(extras.items()))
+    env.extend(sorted(injector.extra_env.items()))
     return env
 
 
-def sidecar_args(runtime: config.RuntimeConfig, endpoint: config.Endpoint, *, once: bool) -> list[str]:
+def sidecar_args(
+    runtime: config.RuntimeConfig, endpoint: config.Endpoint, *, once: bool, credential_config: bool = False
+) -> list[str]:
     args = [
         sidecar.Flag.URL,
         runtime.service_url.rstrip("/") + endpoint.path + "/token",
@@ -158,6 +167,13 @@ def sidecar_args(runtime: config.RuntimeConfig, endpoint: config.Endpoint, *, on
         sidecar.Flag.CA_ENV,
         CA_ENV,
     ]
+    if credential_config:
+        args += [
+            sidecar.Flag.CREDENTIAL_CONFIG,
+            credential_config_path(endpoint.name),
+            sidecar.Flag.CREDENTIAL_CONFIG_ENV,
+        ]
+        args.append(CREDENTIAL_CONFIG_ENV)
     if once:
         args.append(sidecar.Flag.ONCE)
     return args
@@ -186,14 +202,20 @@ def _sidecar(
     *,
     name: str,
     mode: str,
+    identity: str,
 ) -> dict[str, Any]:
-    """``mode``: "native" (restartPolicy Always + startup probe), "once" or "loop"."""
+    """``mode``: "native" (restartPolicy Always + startup probe), "once" or "loop"; ``identity``:
+    the Pod's annotation value."""
+    env = [{"name": CA_ENV, "value": ca_pem}]
+    document = endpoint.credential_configuration(identity)
+    if document is not None:
+        env.append({"name": CREDENTIAL_CONFIG_ENV, "value": json.dumps(document, sort_keys=True)})
     container: dict[str, Any] = {
         "name": name,
         "image": runtime.sidecar_image,
         "command": [SIDECAR_COMMAND],
-        "args": sidecar_args(runtime, endpoint, once=mode == "once"),
-        "env": [{"name": CA_ENV, "value": ca_pem}],
+        "args": sidecar_args(runtime, endpoint, once=mode == "once", credential_config=document is not None),
+        "env": env,
         "resources": {kind: dict(values) for kind, values in sorted(runtime.sidecar_resources.items())},
         "securityContext": _security_context(pod),
         "volumeMounts": [
@@ -461,11 +483,11 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
         ours.add(name)
         position = len(injected) - 1
         if runtime.native_sidecars:
-            sidecar = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="native")
+            sidecar = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="native", identity=value.strip())
             builder.insert("/spec/initContainers", spec.get("initContainers"), position, sidecar)
         else:
             ours.add(init_name)
-            first = _sidecar(runtime, endpoint, pod, ca_pem, name=init_name, mode="once")
+            first = _sidecar(runtime, endpoint, pod, ca_pem, name=init_name, mode="once", identity=value.strip())
             builder.insert("/spec/initContainers", spec.get("initContainers"), position, first)
             if spec.get("restartPolicy") in ("Never", "OnFailure"):
                 # A regular sidecar container would keep a Job's Pod from ever completing.
@@ -474,7 +496,7 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
                     f"native sidecars, so it gets one token (valid {endpoint.token.lifetime}s) that is not refreshed"
                 )
             else:
-                loop = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="loop")
+                loop = _sidecar(runtime, endpoint, pod, ca_pem, name=name, mode="loop", identity=value.strip())
                 builder.append("/spec/containers", spec.get("containers"), loop)
         mount = {
             "name": _name("kube-sts-", endpoint.name, "-token"),
