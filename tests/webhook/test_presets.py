@@ -187,7 +187,7 @@ def test_a_preset_endpoint_reads_back_the_same_from_the_runtime_config(preset: s
 
 
 def schema_errors(sts: dict[str, Any]) -> list[str]:
-    schema = json.loads((ROOT / "schemas" / "values.schema.json").read_text())
+    schema = json.loads((ROOT / "kube_sts" / "schemas" / "values.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     return sorted(error.message for error in validator.iter_errors({"sts": sts}))
 
