@@ -59,11 +59,16 @@ class Counter(_Metric):
     ) -> None:
         super().__init__(registry, name, labelnames)
         self._counter = prometheus_client.Counter(name, documentation, self.labelnames, registry=registry)
+        self._children: dict[tuple[str, ...], prometheus_client.Counter] = {}
+        """Each label set's child, looked up once (the client's ``labels()`` takes a lock each call)."""
         self._suffix = "" if name.endswith("_total") else "_total"
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self._check(labels)
-        (self._counter.labels(*labels) if labels else self._counter).inc(amount)
+        child = self._children.get(labels)
+        if child is None:
+            self._check(labels)
+            child = self._children[labels] = self._counter.labels(*labels) if labels else self._counter
+        child.inc(amount)
 
     def value(self, *labels: str) -> float:
         return self._sample(self._suffix, labels) or 0.0
@@ -85,10 +90,14 @@ class Histogram(_Metric):
         self._histogram = prometheus_client.Histogram(
             name, documentation, self.labelnames, registry=registry, buckets=self.buckets
         )
+        self._children: dict[tuple[str, ...], prometheus_client.Histogram] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        self._check(labels)
-        (self._histogram.labels(*labels) if labels else self._histogram).observe(value)
+        child = self._children.get(labels)
+        if child is None:
+            self._check(labels)
+            child = self._children[labels] = self._histogram.labels(*labels) if labels else self._histogram
+        child.observe(value)
 
     def count(self, *labels: str) -> int:
         return int(self._sample("_count", labels) or 0)
