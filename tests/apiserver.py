@@ -1,41 +1,52 @@
-"""An HTTP double of the Kubernetes API server for tests, speaking the real JSON wire format.
+"""An HTTP double of the Kubernetes API server, kept only for what the real API server of
+tests/controlplane/ cannot play: an API server that is down, failing, slow or answering what a
+test chooses, and a request log. Everything fault-free (TokenReview of TokenRequests bound to real
+Pods, the Pod metadata read, Secrets and their resourceVersion conflicts, webhook patches, RBAC,
+admission, the relying parties, the end-to-end flow) runs against kube-apiserver in
+tests/controlplane/.
 
 It serves on 127.0.0.1 (plain HTTP, one thread per connection) from an in-memory object store:
 
 - ``GET /.well-known/openid-configuration`` and ``GET /openid/v1/jwks``: the service-account
-  issuer discovery, as the real API server serves it (issuer
-  ``https://kubernetes.default.svc.cluster.local``, ``jwks_uri`` on the advertise address); the
-  JWKS holds the RS256 and ES256 keys ``issue_token`` signs with. ``discovery_outage`` set to an
-  HTTP status (e.g. 403, as when the discovery binding is removed) makes both answer it.
-- ``POST /apis/authentication.k8s.io/v1/tokenreviews`` answers from a table of tokens that the
-  test fills with ``add_token`` / ``issue_token``. Audiences behave as in the real API server:
-  ``status.audiences`` is the intersection of ``spec.audiences`` (or the API server's own
-  audiences when empty) and the token's audiences, and the token is unauthenticated when that is
-  empty. Pod-bound tokens become invalid when their Pod is gone or was recreated with another uid
-  (``verify_bindings = False`` simulates the window in which the real server still accepts them).
-- Pods, Secrets, ConfigMaps (``/api/v1/namespaces/{ns}/{plural}[/{name}]``) and
-  MutatingWebhookConfigurations (``/apis/admissionregistration.k8s.io/v1/...``): GET (Pods also
-  as ``PartialObjectMetadata`` when the ``Accept`` header asks for it), LIST, POST (201, 409
-  AlreadyExists), PUT (409 Conflict on a stale ``metadata.resourceVersion``), PATCH (JSON patch,
-  merge patch, strategic merge patch keyed by ``name``), DELETE; errors are ``Status`` objects.
-  Every write bumps one global, monotonically increasing ``resourceVersion``.
-- ``outage``: ``None``, ``"refused"`` (the port stops listening), ``"error"`` (500 Status) or
-  ``"reset"`` (connections dropped without an answer); ``delay`` slows every answer.
-- ``requests``: every request received, for assertions.
+  issuer discovery (issuer ``https://kubernetes.default.svc.cluster.local``); the JWKS holds the
+  RS256 and ES256 keys ``issue_token`` signs with (``signing_keys``, replaceable to rotate them).
+  ``discovery_outage`` set to an HTTP status (e.g. 403, as when the discovery binding is removed)
+  makes both answer it.
+- ``POST /apis/authentication.k8s.io/v1/tokenreviews`` answers from a table of tokens filled by
+  ``issue_token`` (any lifetime, also already expired). ``status.audiences`` is the intersection
+  of ``spec.audiences`` (or the API server's own audiences) and the token's audiences; a Pod-bound
+  token is refused with the real server's texts when its Pod is gone or has another uid, unless
+  ``verify_bindings = False`` (the window in which the real server still accepts it).
+- Pods, Secrets, ConfigMaps and MutatingWebhookConfigurations: GET (Pods also as
+  ``PartialObjectMetadata``), POST (201, 409 AlreadyExists), PUT (409 Conflict on a stale
+  ``resourceVersion``), PATCH (JSON patch, strategic merge patch keyed by ``name``), DELETE;
+  errors are ``Status`` objects; every write bumps one global ``resourceVersion``.
+- ``set_outage``: ``"refused"`` (the port stops listening), ``"error"`` (500 Status) or
+  ``"reset"`` (connections dropped); ``delay`` slows every answer by a chosen time.
+- ``requests``/``requests_to``: every request received.
 
-What a real API server proves instead: ``tests/controlplane/`` runs kube-apiserver and etcd on
-loopback and proves TokenReview, the Pod metadata read, Secrets with ``resourceVersion``
-conflicts, the ``caBundle`` patch, the AdmissionReviews the webhook receives, RBAC, Pod Security
-admission and ``kubectl apply`` there. This double stays for what a real server cannot play or
-plays too slowly to cover case by case:
+The tests that still need it, and why:
 
-- faults: ``outage`` and ``delay`` (tests/runtime/test_token_service.py, kube/test_kubeapi.py,
-  tests/tls/test_tlsmanager.py, tests/keys/test_managed_keys.py, the outage part of
-  tests/e2e/test_end_to_end.py);
-- the window in which a real server still accepts a deleted Pod's token (``verify_bindings``);
-- the in-process component tests (test_token_service.py, test_relying_parties.py,
-  test_azure_google.py, tests/tls/test_server_tls.py, test_entrypoint.py), which run hundreds
-  of token and key cases in seconds and assert the exact requests the runtime sends.
+- tests/runtime/test_token_service.py: outages and a slow API server (503, readiness), a 50 ms
+  delay under 24 concurrent callers, the TokenReviews the cache saves (counted in the request
+  log), tokens the real server will not issue (expired, 2 s, a review contradicting the token's
+  audience), the deleted/re-created Pod window; its other tests make no API call worth proving.
+- tests/runtime/kube/test_kubeapi.py: the bytes the client sends (review body, bearer token, Accept,
+  patch media type), an expired token, the acceptance window, refused/500/reset and a timeout.
+- tests/runtime/test_apiserver_double.py: the double's own wire details the tests above rely on.
+- tests/tls/test_tlsmanager.py: no write when nothing drifted, racing replicas' creations and no
+  write to a foreign or corrupt Secret, all counted in the request log.
+- tests/keys/test_managed_keys.py: an outage keeps the last key set; a corrupt Secret is never
+  written and provided mode sends nothing (request log).
+- tests/adversarial/test_junk_tokens.py: junk costs no TokenReview and JWKS refetches are bounded
+  (request log), discovery refused with 403, the cluster's signing key rotated at run time, a
+  250 ms delay under a junk flood.
+- tests/adversarial/test_lost_key_secret.py: an API outage at the key handover; its other tests
+  are fault-free and not moved yet (the deleted Secret's recreation is also proven in
+  tests/controlplane/test_rotation.py).
+- tests/adversarial/attacks.py (test_headers.py, test_slowloris.py, bench/hostile.py): the HTTP
+  layer of a runtime process under attack; the API server only has to be up, and keeping them off
+  the tier keeps bench/hostile.py free of a control plane and the slowloris waits out of its budget.
 """
 
 from __future__ import annotations
@@ -80,9 +91,7 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool]] = {
     ("v1", "pods"): ("Pod", True),
     ("v1", "secrets"): ("Secret", True),
     ("v1", "configmaps"): ("ConfigMap", True),
-    ("v1", "serviceaccounts"): ("ServiceAccount", True),
     ("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations"): ("MutatingWebhookConfiguration", False),
-    ("admissionregistration.k8s.io/v1", "validatingwebhookconfigurations"): ("ValidatingWebhookConfiguration", False),
 }
 # Strategic merge patch: lists of objects merged by this key (the real patchMergeKey is "name").
 _MERGE_KEYS = {"webhooks": "name", "containers": "name", "initContainers": "name", "volumes": "name", "env": "name"}
@@ -142,19 +151,6 @@ class _Failure(Exception):
     def __init__(self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status_object(code, reason, message, details)
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result
 
 
 def _strategic_merge(target: Any, patch: Any, field: str = "") -> Any:
@@ -438,16 +434,6 @@ class APIServer:
         details = {"name": name, "kind": plural} | ({"group": group} if group else {})
         with self._lock:
             if name is None:
-                if method == "GET":
-                    items = [
-                        copy.deepcopy(o) for (v, p, ns, _), o in sorted(self.objects.items()) if (v, p, ns) == key[:3]
-                    ]
-                    return 200, {
-                        "kind": f"{kind}List",
-                        "apiVersion": api_version,
-                        "metadata": {"resourceVersion": str(next(self._version))},
-                        "items": items,
-                    }
                 if method == "POST":
                     return self._create(api_version, plural, kind, namespace, _json_body(body), details)
                 raise _Failure(405, "MethodNotAllowed", f"{method} is not supported on the collection")
@@ -523,8 +509,6 @@ class APIServer:
         try:
             if media == "application/json-patch+json":
                 patched = jsonpatch.apply_patch(current, patch)
-            elif media == "application/merge-patch+json":
-                patched = _merge_patch(current, patch)
             elif media == "application/strategic-merge-patch+json":
                 patched = _strategic_merge(current, patch)
             else:
@@ -532,7 +516,7 @@ class APIServer:
                     415,
                     "UnsupportedMediaType",
                     f"the body of the request was in an unknown format ({media}) - accepted media types include: "
-                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json",
+                    "application/json-patch+json, application/strategic-merge-patch+json",
                 )
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise _Failure(422, "Invalid", f"the patch cannot be applied: {exc}") from None
@@ -606,7 +590,9 @@ class APIServer:
         if entry.pod_name is not None and self.verify_bindings:
             pod = self.objects.get(("v1", "pods", entry.namespace, entry.pod_name))
             if pod is None:
-                return f'[invalid bearer token, pod "{entry.pod_name}" not found, unknown]'
+                return (
+                    "[invalid bearer token, service account token has been invalidated]"  # kube-apiserver 1.36's text
+                )
             if pod["metadata"]["uid"] != entry.pod_uid:
                 return (
                     f"[invalid bearer token, pod UID ({pod['metadata']['uid']}) does not match "

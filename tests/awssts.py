@@ -6,8 +6,11 @@ Like AWS, for each call it:
 2. fetches the provider's discovery document (``/.well-known/openid-configuration``), requires
    its ``issuer`` to equal ``iss`` byte for byte, and fetches ``jwks_uri``;
 3. verifies the signature (jwcrypto) with the JWKS key named by the token's ``kid``
-   (RS256/384/512 or ES256/384/512 only), then ``aud`` (a registered client ID), ``exp``,
-   ``nbf``/``iat`` and the token length (4 to 20000);
+   (RS256/384/512 or ES256/384/512 only) or, for a token without ``kid`` (OpenUnison's), with
+   the JWKS's only key: a JWKS of several keys refuses every token without ``kid`` (AWS looks a
+   key up by the header's ``kid`` and, without one, has no way to choose; re:Post
+   QUvjlh9Ot-TDGGSlJDcYBtRQ: two keys and no ``kid`` failed, one key worked), then ``aud``
+   (a registered client ID), ``exp``, ``nbf``/``iat`` and the token length (4 to 20000);
 4. evaluates the role's trust policy when one is registered (``policies``: explicit ``Deny``
    wins, then any matching ``Allow``; ``Principal.Federated`` must name the provider,
    ``Action`` ``sts:AssumeRoleWithWebIdentity``; conditions ``StringEquals``, ``StringNotEquals``,
@@ -152,8 +155,9 @@ class AWSSTS:
             raise STSError("InvalidIdentityToken", "Couldn't parse the web identity token") from None
         if header.get("alg") not in ALGORITHMS:
             raise STSError("InvalidIdentityToken", f"unsupported signing algorithm {header.get('alg')!r}")
-        if not header.get("kid"):
-            raise STSError("InvalidIdentityToken", "the token has no kid")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not kid):
+            raise STSError("InvalidIdentityToken", "the token's kid is not a non-empty string")
         issuer = unverified.get("iss")
         provider = self.providers.get(issuer) if isinstance(issuer, str) else None
         if provider is None:
@@ -166,9 +170,19 @@ class AWSSTS:
             key_set = jwk.JWKSet.from_json(json.dumps(keys))
         except Exception:
             raise STSError("InvalidIdentityToken", "the JWKS cannot be parsed") from None
-        key = key_set.get_key(header["kid"])
+        if kid is None:
+            candidates = list(key_set)
+            if len(candidates) != 1:
+                raise STSError(
+                    "InvalidIdentityToken",
+                    "Couldn't retrieve verification key: the token has no kid and the JWKS holds "
+                    f"{len(candidates)} keys",
+                )
+            key = candidates[0]
+        else:
+            key = key_set.get_key(kid)
         if key is None:
-            raise STSError("InvalidIdentityToken", f"no key {header['kid']} in the JWKS")
+            raise STSError("InvalidIdentityToken", f"no key {kid} in the JWKS")
         try:
             parsed.verify(key, alg=header["alg"])
         except Exception:

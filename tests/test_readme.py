@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import pathlib
@@ -66,11 +67,12 @@ def base_install(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return venv
 
 
-def readme_commands(program: str, *prefixes: str) -> list[str]:
-    """Every ``program <prefix> ...`` command line in the README's shell blocks, in order (also the
-    commented alternatives), without what is piped after it."""
+def readme_commands(program: str, *prefixes: str, section: str | None = None) -> list[str]:
+    """Every ``program <prefix> ...`` command line in the README's shell blocks (of ``section``
+    only, when given), in order (also the commented alternatives), without what is piped after it."""
     commands: list[str] = []
-    for block in re.findall(r"```sh\n(.*?)```", README, re.S):
+    blocks = fenced(section, "sh") if section is not None else re.findall(r"```sh\n(.*?)```", README, re.S)
+    for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             command = line.strip().lstrip("#").strip().split(" | ")[0].split("  #")[0].strip()
             synopsis = command.endswith("...")  # the Commands section's summary lines
@@ -92,7 +94,7 @@ def test_readme_key_commands_run_from_the_base_install(base_install: pathlib.Pat
     )
     assert missing.stdout.strip() == "[]"  # the server extra really is absent
 
-    commands = readme_commands("sts-compile", "keys ", "issuer-docs --keyset")
+    commands = readme_commands("sts-compile", "keys ", "issuer-docs --keyset", section="AWS walk-through")
     actions = [shlex.split(command)[1:3] for command in commands]
     assert ["keys", "create"] in actions and ["issuer-docs", "--keyset"] in actions
     for action in ("add", "retire", "prune", "show", "secret"):
@@ -246,3 +248,73 @@ def _distribution_config() -> dict[str, object]:
             "TrustedSigners": {"Enabled": False, "Quantity": 0},
         },
     }
+
+
+# -- the migration from OpenUnison, run as the README gives it ---------------------------------------
+
+
+def test_migration_section_runs_in_order(tmp_path: pathlib.Path) -> None:
+    """Every `sts-compile` command of "Migrating from OpenUnison", in order, on the OpenUnison example
+    and a key pair Secret as `kubectl get secret -o yaml` prints it; what the kubectl steps name exists."""
+    from ruamel.yaml import YAML  # noqa: PLC0415
+
+    from kube_sts.runtime.keys import keyset  # noqa: PLC0415
+    from tests import openunison  # noqa: PLC0415
+
+    yaml = YAML(typ="safe", pure=True)
+    example = yaml.load((ROOT / "examples" / "openunison" / "values.yaml").read_text())
+    [endpoint] = example["sts"]["endpoints"]
+    key, certificate = openunison.keypair()
+    (tmp_path / "values.yaml").write_text((ROOT / "examples" / "openunison" / "values.yaml").read_text())
+    lines = [
+        line.strip()
+        for block in fenced("Migrating from OpenUnison", "sh")
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    assert f"kubectl -n openunison get secret {endpoint['issuer']['keypair']} -o yaml > openunison-key.yaml" in lines
+    ran: list[str] = []
+    for line in lines:
+        words = shlex.split(line.replace("$S3DIR", str(tmp_path / "s3")).replace("$DIST_ID", "E123"))
+        if words[:4] == ["kubectl", "-n", "openunison", "get"]:  # the Secret OpenUnison's operator keeps
+            with (tmp_path / words[-1]).open("w") as handle:
+                yaml.dump(openunison.secret(key, certificate, words[4 + 1]), handle)
+            continue
+        if words[0] == "rm":
+            (tmp_path / words[1]).unlink()
+            continue
+        if words[:3] == ["kubectl", "apply", "-f"] and words[3] != "-":
+            assert (tmp_path / words[3]).is_file(), line
+        if words[:3] == ["kubectl", "apply", "-k"]:
+            assert (tmp_path / words[3] / "kustomization.yaml").is_file(), line
+        if words[0] != "sts-compile":
+            continue
+        command = words[: words.index("|")] if "|" in words else words[: words.index(">")] if ">" in words else words
+        result = subprocess.run(
+            [sys.executable, "-m", "kube_sts.compiler.cli", *command[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+        assert "Traceback" not in result.stderr
+        ran.append(" ".join(command[1:3]))
+        if command[1:3] == ["keys", "secret"]:
+            secret = yaml.load(result.stdout)
+            assert secret["metadata"]["name"] == endpoint["issuer"]["keypair"]
+            assert secret["metadata"]["namespace"] == "kube-sts"
+            stored = keyset.loads(base64.b64decode(secret["data"]["keyset.json"]))
+            assert [k.kid for k in stored.keys] == [keyset.thumbprint(key)]
+    assert ran == [
+        "values.yaml",
+        "keys import-openunison",
+        "issuer-docs --keyset",
+        "values.yaml --output-dir",
+        "keys secret",
+    ]
+    assert not (tmp_path / "openunison-key.yaml").exists()
+    jwks = json.loads((tmp_path / "s3" / "certs").read_text())
+    assert [k["kid"] for k in jwks["keys"]] == [keyset.thumbprint(key)]
+    discovery = json.loads((tmp_path / "s3" / ".well-known" / "openid-configuration").read_text())
+    assert discovery["issuer"] == f"https://{endpoint['issuer']['host']}"

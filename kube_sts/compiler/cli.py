@@ -96,6 +96,8 @@ def _compile(path: str, output_dir: str | None, check: str | None) -> int:
     except diagnostics.ValuesError as exc:
         sys.stderr.write(diagnostics.render(exc.diagnostics, name, text))
         return 1
+    if result.notes:
+        sys.stderr.write(diagnostics.render(result.notes, name, text, level="info"))
     if result.warnings:
         sys.stderr.write(diagnostics.render(result.warnings, name, text, level="warning"))
     wanted = {**dict(result.files), "kustomization.yaml": result.kustomization()}

@@ -39,15 +39,18 @@ def dotted(loc: Sequence[str | int]) -> str:
 
 
 def render(diagnostics: Sequence[Diagnostic], filename: str, text: str, level: str = "error") -> str:
-    """Every diagnostic with its source line and a caret under the column (``level``: error, warning)."""
+    """Every diagnostic with its source line and a caret under the column (``level``: error,
+    warning), then their count; ``level`` info: one line each, nothing else."""
     lines = text.splitlines()
     out: list[str] = []
     for d in diagnostics:
         where = f"{d.path}: " if d.path else ""
         out.append(f"{filename}:{d.line}:{d.column}: {level}: {where}{d.message} [{d.code}]")
-        if 1 <= d.line <= len(lines):
+        if level != "info" and 1 <= d.line <= len(lines):
             source = lines[d.line - 1].expandtabs(1)
             out.append(f"  {source}")
             out.append("  " + " " * (d.column - 1) + "^")
+    if level == "info":
+        return "".join(line + "\n" for line in out)
     out.append(f"{len(diagnostics)} {level}{'s' if len(diagnostics) != 1 else ''}")
     return "\n".join(out) + "\n"

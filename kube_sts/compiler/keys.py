@@ -23,6 +23,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
+from cryptography.hazmat.primitives import serialization
+
 from kube_sts.runtime import config
 from kube_sts.runtime.keys import keyset
 from kube_sts.runtime.tokens import issuer
@@ -120,6 +122,87 @@ def _create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     key = _generate(args.algorithm, now, now, now + args.sign_for, args.rsa_bits)
     _write(args.output, keyset.KeySet((key,), args.endpoint), overwrite=args.force)
     err.write(f"{args.output}: created key set for endpoint {args.endpoint} with {key.kid} ({key.algorithm})\n")
+    return 0
+
+
+def _openunison_key(path: str) -> tuple[str, keyset.PrivateKey]:
+    """The name and RSA private key of an OpenUnison key pair Secret (``kubernetes.io/tls``), as
+    ``kubectl get secret <name> -o yaml`` (or ``-o json``) prints it; ``tls.crt``, when present,
+    must hold the same public key."""
+    import ruamel.yaml  # noqa: PLC0415 - only this command reads YAML
+    import ruamel.yaml.error  # noqa: PLC0415
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+
+    origin = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else pathlib.Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{origin}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{origin}: not a Secret manifest (the file is not UTF-8)") from None
+    try:
+        document = ruamel.yaml.YAML(typ="safe", pure=True).load(text)
+    except (ruamel.yaml.error.YAMLError, ValueError) as exc:
+        raise InputError(f"{origin}: not a Secret manifest: {' '.join(str(exc).split())}") from None
+    if not isinstance(document, dict) or document.get("kind") != "Secret":
+        raise InputError(f"{origin}: expected a Secret (kubectl -n openunison get secret <keypair> -o yaml)")
+    name = str((document.get("metadata") or {}).get("name", "?"))
+    if document.get("type") != "kubernetes.io/tls":
+        raise InputError(
+            f"{origin}: Secret {name} has type {document.get('type')!r}; OpenUnison keeps a key pair in a "
+            "Secret of type kubernetes.io/tls (the one named by sts.endpoints[].issuer.keypair)"
+        )
+    data = document.get("data") or {}
+    if not isinstance(data, dict) or not isinstance(data.get("tls.key"), str):
+        raise InputError(f"{origin}: Secret {name} has no data.tls.key")
+
+    def decoded(field: str) -> bytes:
+        try:
+            return base64.b64decode(data[field], validate=True)
+        except ValueError:
+            raise InputError(f"{origin}: Secret {name}: data.{field} is not base64") from None
+
+    try:
+        private = serialization.load_pem_private_key(decoded("tls.key"), password=None)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{origin}: Secret {name}: tls.key is not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise InputError(f"{origin}: Secret {name}: tls.key is not an RSA key; OpenUnison signs its STS tokens RS256")
+    if isinstance(data.get("tls.crt"), str) and data["tls.crt"]:
+        try:
+            certificate = x509.load_pem_x509_certificate(decoded("tls.crt"))
+        except ValueError as exc:
+            raise InputError(f"{origin}: Secret {name}: tls.crt is not a PEM certificate ({exc})") from None
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        if certificate.public_key().public_bytes(
+            serialization.Encoding.DER, public
+        ) != private.public_key().public_bytes(serialization.Encoding.DER, public):
+            raise InputError(f"{origin}: Secret {name}: tls.crt and tls.key are not one key pair")
+    return name, private
+
+
+def _import_openunison(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    name, private = _openunison_key(args.secret)
+    now = _now(args)
+    try:
+        key = keyset.Key(
+            kid=keyset.thumbprint(private),
+            algorithm="RS256",
+            created=now,
+            sign_from=now,
+            sign_until=now + args.sign_for,
+            private_key=private,
+        )
+    except keyset.KeySetError as exc:
+        raise InputError(f"{args.secret}: Secret {name}: {exc}") from None
+    _write(args.output, keyset.KeySet((key,), args.endpoint), overwrite=args.force)
+    err.write(
+        f"{args.output}: imported OpenUnison's key pair {name} ({private.key_size}-bit RSA) for endpoint "
+        f"{args.endpoint} as {key.kid} (RS256), signing from now until {key.sign_until}. kid: OpenUnison's JWKS named "
+        "this key after its certificate; kube-sts names it by its RFC 7638 thumbprint. OpenUnison's tokens carry "
+        "no kid, so they keep verifying while the published JWKS holds this key alone\n"
+    )
     return 0
 
 
@@ -469,6 +552,19 @@ def _keys_parser(keys: argparse.ArgumentParser) -> None:
     show.add_argument("file")
     show.add_argument("--now", **now)
     show.set_defaults(run=_show)
+
+    imported = actions.add_parser(
+        "import-openunison", help="write a key set file holding OpenUnison's signing key pair (no re-key)"
+    )
+    imported.add_argument("--endpoint", required=True, type=_name(_DNS_LABEL, "an endpoint name (DNS label)"))
+    imported.add_argument(
+        "--secret", required=True, help="the key pair's kubernetes.io/tls Secret as YAML or JSON ('-' for stdin)"
+    )
+    imported.add_argument("--sign-for", type=_duration, default=DEFAULT_SIGN_FOR, help="signing window (default 365d)")
+    imported.add_argument("-o", "--output", required=True, help="key set file to write")
+    imported.add_argument("--force", action="store_true", help="replace an existing file")
+    imported.add_argument("--now", **now)
+    imported.set_defaults(run=_import_openunison)
 
     secret = actions.add_parser("secret", help="print the Secret manifest (contains private keys)")
     secret.add_argument("file")

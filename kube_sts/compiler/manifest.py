@@ -16,6 +16,8 @@ class Manifest:
     files: tuple[tuple[str, str], ...]
     warnings: tuple[diagnostics.Diagnostic, ...] = ()
     """Positioned warnings (the CLI prints them to stderr; the output is still valid)."""
+    notes: tuple[diagnostics.Diagnostic, ...] = ()
+    """Informational lines: the OpenUnison settings that were ignored (the CLI prints them to stderr)."""
 
     @property
     def text(self) -> str:
@@ -30,6 +32,7 @@ class Manifest:
 
 def compile_values(text: str) -> Manifest:
     """Validate and render ``text``; raises ``diagnostics.ValuesError`` on any problem."""
-    model, warnings = source.check(text)
-    objects = render.objects(model)
-    return Manifest(tuple((emit.file_name(i, obj), emit.document(obj)) for i, obj in enumerate(objects)), warnings)
+    checked = source.check(text)
+    objects = render.objects(checked.model)
+    files = tuple((emit.file_name(i, obj), emit.document(obj)) for i, obj in enumerate(objects))
+    return Manifest(files, checked.warnings, checked.notes)

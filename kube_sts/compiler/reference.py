@@ -37,6 +37,26 @@ the compiler checks: unique endpoint names, paths, injector labels and key set S
 may repeat), `azRules` filters parse with the runtime's own RFC 4515 parser, host names carry no
 scheme, environment variable names and labels are valid.
 
+**OpenUnison values files.** A whole OpenUnison values file compiles as it is (`examples/openunison`).
+Its top-level `k8s_cluster_name` is the cluster name (`sts.cluster` when that is not set), so
+`sub` stays `<k8s_cluster_name>:<namespace>:<serviceaccount>`. The sections only OpenUnison
+reads are ignored, each with one line on stderr
+(`values.yaml:5:1: info: network: an OpenUnison setting kube-sts does not use; ignored [openunison-ignored]`):
+at the top level @TOP@; under `sts:` @STS@, and `sts.image` when it names OpenUnison's token
+sidecar (`.../openunison-cli`, its chart's default; any other string is kube-sts's own image,
+`repository[:tag][@digest]`). Any other unknown key is still an error with a "did you mean" hint.
+In such a file an endpoint whose key set is `managed` gets a warning (`openunison-rekey`): kube-sts
+would sign with a new key, while the relying parties trust OpenUnison's; import that key pair with
+`sts-compile keys import-openunison` and set `issuer.keys.mode: provided` (README, "Migrating
+from OpenUnison").
+
+**An endpoint without `azRules` is an error** (`no-az-rules`), with the fix in the message. No
+rules means that no caller may use the endpoint; in OpenUnison it meant that every ServiceAccount
+of the cluster may (its chart put in a rule every user passes). A warning would let such a file
+deploy and refuse every Pod the endpoint served the moment kube-sts takes over, the outage a
+migration must not cause; and an endpoint nobody may use is never what a values file means. The
+fix is one explicit line: `(namespace=*)` keeps OpenUnison's allow-all, a narrower filter is better.
+
 ## What is rendered
 
 In apply order: Namespace (Pod Security `restricted`), ServiceAccount, ClusterRole and binding
@@ -63,12 +83,14 @@ reason, in `.checkov.yaml` (`checkov -d deploy/ --config-file .checkov.yaml`).
 
 
 def markdown() -> str:
-    from kube_sts.compiler import values  # noqa: PLC0415
+    from kube_sts.compiler import openunison, values  # noqa: PLC0415
 
     rows: list[str] = []
     _walk(values.Values, "", rows)
     header = "| key | type | default | description |\n|---|---|---|---|\n"
-    return _INTRO + "\n" + header + "".join(rows)
+    intro = _INTRO.replace("@TOP@", ", ".join(f"`{name}`" for name in sorted(openunison.SECTIONS)))
+    intro = intro.replace("@STS@", ", ".join(f"`sts.{name}`" for name in sorted(openunison.STS_SECTIONS)))
+    return intro + "\n" + header + "".join(rows)
 
 
 def _walk(model: type[pydantic.BaseModel], prefix: str, rows: list[str]) -> None:

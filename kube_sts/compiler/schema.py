@@ -20,12 +20,27 @@ def text(which: Literal["values", "runtime-config"]) -> str:
 
     model: Any = values.Values if which == "values" else config.RuntimeConfig
     schema = model.model_json_schema(by_alias=True)
+    if which == "values":
+        _openunison_sections(schema)
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://kube-sts.tremolo.io/schemas/{FILES[which]}",
         **schema,
     }
     return json.dumps(schema, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def _openunison_sections(schema: dict[str, Any]) -> None:
+    """Admit OpenUnison's own sections (any value), which the compiler ignores with a note."""
+    from kube_sts.compiler import openunison  # noqa: PLC0415
+
+    ignored = "An OpenUnison setting kube-sts does not use; ignored (one informational line on stderr)."
+    for properties, names in (
+        (schema["properties"], openunison.SECTIONS),
+        (schema["$defs"]["Sts"]["properties"], openunison.STS_SECTIONS),
+    ):
+        for name in sorted(names):
+            properties.setdefault(name, {"description": ignored})
 
 
 def main() -> int:

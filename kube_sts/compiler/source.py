@@ -18,21 +18,31 @@ import ruamel.yaml
 import ruamel.yaml.comments
 import ruamel.yaml.error
 
-from kube_sts.compiler import diagnostics, values
+from kube_sts.compiler import diagnostics, openunison, values
 
-__all__ = ["check", "parse", "positioned"]
+__all__ = ["Checked", "check", "parse", "positioned"]
 
 _Loc = tuple[str | int, ...]
 _MAX_DEPTH = 64
 
 
+class Checked(typing.NamedTuple):
+    """A validated values file and what deserves a word on stderr (positioned, sorted)."""
+
+    model: values.Values
+    warnings: tuple[diagnostics.Diagnostic, ...]
+    """Values that compile but weaken what they seem to promise."""
+    notes: tuple[diagnostics.Diagnostic, ...] = ()
+    """Informational: the OpenUnison settings that were ignored, one each."""
+
+
 def parse(text: str) -> values.Values:
     """Validate ``text``; raise ``diagnostics.ValuesError`` listing every problem."""
-    return check(text)[0]
+    return check(text).model
 
 
-def check(text: str) -> tuple[values.Values, tuple[diagnostics.Diagnostic, ...]]:
-    """``parse``, plus the warnings (positioned, sorted) for values that compile but deserve one."""
+def check(text: str) -> Checked:
+    """``parse``, plus the warnings and notes for values that compile but deserve a word."""
     tree = _load(text)
     plain = _plain(tree, ())
     if plain is None:
@@ -44,17 +54,27 @@ def check(text: str) -> tuple[values.Values, tuple[diagnostics.Diagnostic, ...]]
         found = [str(k) for k in plain]
         hint = _hint(found[0], ["sts"]) if len(found) == 1 else ""
         _fail(1, 1, "", f"the 'sts:' section is missing{hint}", "missing-section")
+    kept, ignored = openunison.split(plain)
     try:
-        model = values.Values.model_validate(plain)
+        model = values.Values.model_validate(kept)
     except pydantic.ValidationError as exc:
         raise diagnostics.ValuesError(_diagnostic(tree, error) for error in exc.errors()) from None
     problems = [
-        _positioned(tree, conflict.loc, conflict.message, conflict.code) for conflict in values.conflicts(model.sts)
+        _positioned(tree, conflict.loc, conflict.message, conflict.code) for conflict in values.conflicts(model)
     ]
     if problems:
         raise diagnostics.ValuesError(problems)
-    warnings = {_positioned(tree, w.loc, w.message, w.code) for w in values.warnings(model.sts)}
-    return model, tuple(sorted(warnings))
+    cautions = values.warnings(model.sts)
+    if ignored or model.k8s_cluster_name is not None:  # an OpenUnison values file
+        cautions += openunison.rekeys(model.sts)
+    warnings = {_positioned(tree, w.loc, w.message, w.code) for w in cautions}
+    notes = {_key_note(tree, note) for note in ignored}
+    return Checked(model, tuple(sorted(warnings)), tuple(sorted(notes)))
+
+
+def _key_note(tree: Any, note: openunison.Note) -> diagnostics.Diagnostic:
+    line, column = _key_position(tree, note.loc)
+    return diagnostics.Diagnostic(line, column, diagnostics.dotted(note.loc), note.message, note.code)
 
 
 def positioned(text: str, loc: _Loc, message: str, code: str) -> diagnostics.Diagnostic:
@@ -230,7 +250,12 @@ def _aliases(loc: _Loc) -> set[str]:
     model = _model(annotation)
     if model is None:
         return set()
-    return {field.alias or name for name, field in model.model_fields.items()}
+    known = {field.alias or name for name, field in model.model_fields.items()}
+    if loc == ():
+        known |= openunison.SECTIONS
+    elif loc == ("sts",):
+        known |= openunison.STS_SECTIONS
+    return known
 
 
 def _model(annotation: Any) -> type[pydantic.BaseModel] | None:

@@ -108,6 +108,22 @@ def image_reference(image: Image) -> str:
     return f"{image.repository}@{image.digest}" if image.digest else f"{image.repository}:{image.tag}"
 
 
+def _image_string(value: object) -> object:
+    """``sts.image`` as a reference string (OpenUnison's spelling): ``repository[:tag][@digest]``."""
+    if not isinstance(value, str):
+        return value
+    reference, _, digest = value.partition("@")
+    slash = reference.rfind("/")
+    colon = reference.rfind(":")
+    parsed: dict[str, str] = {}
+    if colon > slash:
+        reference, parsed["tag"] = reference[:colon], reference[colon + 1 :]
+    parsed["repository"] = reference
+    if digest:
+        parsed["digest"] = digest
+    return parsed
+
+
 class Certificates(config.Model):
     """How the serving certificate of the token service and webhook is obtained."""
 
@@ -187,8 +203,10 @@ class Sts(config.Model):
     ] = "1.31"
     """Oldest Kubernetes version the output must run on (`1.N`). From 1.29 the sidecar is a native
     sidecar (an init container with `restartPolicy: Always`); before, an init container plus a sidecar."""
-    image: Image = Image()
-    """Container image."""
+    image: Annotated[Image, pydantic.BeforeValidator(_image_string, json_schema_input_type=str | Image)] = Image()
+    """Container image: a mapping, or a reference string `repository[:tag][@digest]` (OpenUnison's
+    spelling). OpenUnison's own sidecar image (`.../openunison-cli`, the default of its chart) is
+    ignored with a note: kube-sts replaces that sidecar."""
     replicas: Annotated[int, Field(ge=1, le=20)] = 2
     """Replicas of the token service; at least 2 keeps the fail-closed webhook available. One
     replica is refused while the webhook fails closed (`webhook.failurePolicy: Fail`): a node drain
@@ -237,10 +255,24 @@ class Sts(config.Model):
 
 
 class Values(config.Model):
-    """A kube-sts values file."""
+    """A kube-sts values file (an OpenUnison values file is one too: see `compiler/openunison.py`)."""
 
     sts: Sts
     """The STS settings (the seed's `sts:` section plus extensions)."""
+    k8s_cluster_name: Annotated[str | None, Field(alias="k8s_cluster_name", min_length=1, max_length=253)] = None
+    """OpenUnison's cluster name (top level of its values file): used as `sts.cluster` when that is
+    not set, so `sub` stays `<k8s_cluster_name>:<namespace>:<serviceaccount>`. Both set and
+    different is an error."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _cluster_from_openunison(cls, data: object) -> object:
+        name = data.get("k8s_cluster_name") if isinstance(data, dict) else None
+        if isinstance(data, dict) and isinstance(name, str) and 0 < len(name) <= 253:  # else its own error
+            sts = data.get("sts")
+            if isinstance(sts, dict) and "cluster" not in sts:
+                return {**data, "sts": {**sts, "cluster": data["k8s_cluster_name"]}}
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,10 +284,29 @@ class Conflict:
     code: str
 
 
-def conflicts(sts: Sts) -> list[Conflict]:
-    """Names, paths, injector labels and key set Secrets must be unique; audiences may repeat; one
-    replica only with a webhook that does not fail closed."""
+NO_RULES = (
+    "no azRules: kube-sts lets no caller use this endpoint (OpenUnison let every ServiceAccount of the "
+    "cluster use an endpoint without azRules). Say who may: e.g. "
+    "'azRules: [{scope: filter, constraint: \"(namespace=myns)\"}]', or "
+    "'constraint: \"(namespace=*)\"' for every namespace, as OpenUnison did"
+)
+
+
+def conflicts(document: Values) -> list[Conflict]:
+    """Names, paths, injector labels, key set Secrets and token directories must be unique;
+    audiences may repeat; every endpoint needs rules; one replica only with a webhook that does not
+    fail closed; ``k8s_cluster_name`` and ``sts.cluster`` agree."""
+    sts = document.sts
     found: list[Conflict] = []
+    if document.k8s_cluster_name is not None and document.k8s_cluster_name != sts.cluster:
+        found.append(
+            Conflict(
+                ("k8s_cluster_name",),
+                f"{document.k8s_cluster_name!r} differs from sts.cluster {sts.cluster!r}; both name the cluster in "
+                "sub (<cluster>:<namespace>:<serviceaccount>), so keep one of them, or make them equal",
+                "cluster-conflict",
+            )
+        )
     seen: dict[tuple[str, str], int] = {}
     for index, endpoint in enumerate(sts.endpoints):
         checks: list[tuple[str, str, tuple[str | int, ...]]] = [
@@ -265,6 +316,8 @@ def conflicts(sts: Sts) -> list[Conflict]:
         ]
         if endpoint.injector is not None:
             checks.append(("label", endpoint.injector.label, ("injector", "label")))
+        if not endpoint.az_rules:
+            found.append(Conflict(("sts", "endpoints", index, "azRules"), NO_RULES, "no-az-rules"))
         for what, value, where in checks:
             first = seen.setdefault((what, value), index)
             if first != index:
@@ -283,6 +336,7 @@ def conflicts(sts: Sts) -> list[Conflict]:
                     "duplicate-keypair",
                 )
             )
+    found += _shared_token_directories(sts)
     injects = any(endpoint.injector is not None for endpoint in sts.endpoints)
     if sts.replicas == 1 and sts.webhook.failure_policy == "Fail" and injects:
         found.append(
@@ -295,6 +349,27 @@ def conflicts(sts: Sts) -> list[Conflict]:
                 "single-replica",
             )
         )
+    return found
+
+
+def _shared_token_directories(sts: Sts) -> list[Conflict]:
+    """A Pod labelled for two endpoints would mount both token volumes at one directory."""
+    found: list[Conflict] = []
+    owners: dict[str, int] = {}
+    for index, endpoint in enumerate(sts.endpoints):
+        if endpoint.injector is None:
+            continue
+        directory = endpoint.injector.token_directory(endpoint.name)
+        first = owners.setdefault(directory, index)
+        if first != index and sts.endpoints[first].name != endpoint.name:
+            found.append(
+                Conflict(
+                    ("sts", "endpoints", index, "injector", "tokenPath"),
+                    f"the token directory {directory!r} is already that of sts.endpoints[{first}]; a Pod labelled for "
+                    "both would mount two volumes there: give each endpoint's tokenPath a folder of its own",
+                    "duplicate-token-directory",
+                )
+            )
     return found
 
 

@@ -41,6 +41,23 @@ _HOSTNAME = re.compile(
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_FILE_PATH = re.compile(r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]*){2,}$")
+RESERVED_TOKEN_DIRECTORIES = (
+    "/bin",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/proc",
+    "/run/secrets/kubernetes.io",
+    "/sbin",
+    "/sys",
+    "/tmp",  # noqa: S108 (refused: a read-only mount there breaks applications that write temporary files)
+    "/usr",
+    "/var/run/secrets/kube-sts-sa",
+    "/var/run/secrets/kubernetes.io",
+)
+"""Directories a token volume may not be mounted at or under: system folders an image needs, and
+where Kubernetes and the sidecar mount ServiceAccount tokens."""
 
 SUBJECT_FIELDS = frozenset({"cluster", "namespace", "saname", "pod", "role", "endpoint"})
 DEFAULT_SUBJECT = "{cluster}:{namespace}:{saname}"
@@ -458,7 +475,10 @@ def _extras(preset: str, data: dict[str, Any]) -> dict[str, str]:
         if isinstance(tenant, str):
             extras["AZURE_TENANT_ID"] = tenant
     elif preset == "gcp" and isinstance(data.get("name"), str):
-        extras["GOOGLE_APPLICATION_CREDENTIALS"] = f"{token_dir(data['name'])}/{CREDENTIAL_CONFIGURATION_FILE}"
+        injector = data.get("injector")
+        path = injector.get("tokenPath", injector.get("token_path")) if isinstance(injector, dict) else None
+        directory = path.rsplit("/", 1)[0] if isinstance(path, str) and "/" in path else token_dir(data["name"])
+        extras["GOOGLE_APPLICATION_CREDENTIALS"] = f"{directory}/{CREDENTIAL_CONFIGURATION_FILE}"
     elif preset == "vault":
         address = _setting(data, "vault", "address")
         if isinstance(address, str):
@@ -569,10 +589,41 @@ class Injector(Model):
     """Accepted for compatibility; the sidecar always trusts exactly the STS's own CA."""
     extra_env: dict[EnvName, str] = {}
     """Further variables for application containers, e.g. `AWS_STS_REGIONAL_ENDPOINTS`."""
+    token_path: str | None = None
+    """Absolute path of the token file in the Pod's containers, e.g. `/tokens/token.jwt` (where
+    OpenUnison's sidecar wrote it). Its directory is the token volume's mount point (read-only in
+    application containers; anything the image has there is hidden). Default
+    `/var/run/secrets/kube-sts/<endpoint>/token`."""
+
+    @pydantic.field_validator("token_path")
+    @classmethod
+    def _token_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _FILE_PATH.match(value):
+            raise ValueError(
+                f"{value!r} is not an absolute file path in a directory of its own, such as '/tokens/token.jwt' "
+                "(letters, digits, '.', '_', '-'; no '.' or '..' parts, no trailing '/')"
+            )
+        directory = value.rsplit("/", 1)[0]
+        for reserved in RESERVED_TOKEN_DIRECTORIES:
+            if directory == reserved or directory.startswith(reserved + "/"):
+                raise ValueError(
+                    f"{value!r}: the token may not be mounted at or under {reserved}; choose another folder"
+                )
+        return value
 
     @property
     def label_key(self) -> str:
         return LABEL_PREFIX + self.label
+
+    def token_file(self, endpoint: str) -> str:
+        """Where application containers read the token of ``endpoint`` (the endpoint's name)."""
+        return self.token_path if self.token_path is not None else f"{token_dir(endpoint)}/{TOKEN_FILE}"
+
+    def token_directory(self, endpoint: str) -> str:
+        """The token volume's mount point: the token file's directory."""
+        return self.token_file(endpoint).rsplit("/", 1)[0]
 
 
 class Endpoint(Model):
@@ -609,7 +660,8 @@ class Endpoint(Model):
     path: Annotated[str, _check(_PATH, "a URL path such as '/aws' (starts with '/', no trailing '/')")]
     """URL prefix of this endpoint on the token service, e.g. `/aws`."""
     az_rules: Annotated[list[AzRule], Field(alias="azRules")] = []
-    """Authorization rules, OR-ed. No rules means no caller is allowed."""
+    """Authorization rules, OR-ed. No rules means no caller is allowed, so `sts-compile` refuses an
+    endpoint without rules (`no-az-rules`: OpenUnison read none as allow-all); the runtime denies."""
     issuer: Issuer
     """The issuer relying parties trust."""
     injector: Injector | None = None
@@ -665,7 +717,14 @@ class Endpoint(Model):
         annotation is ``identity`` (``gcp`` preset), or None."""
         if self.gcp is None:
             return None
-        return self.gcp.credential_configuration(f"{token_dir(self.name)}/{TOKEN_FILE}", identity)
+        return self.gcp.credential_configuration(self.token_file, identity)
+
+    @property
+    def token_file(self) -> str:
+        """Where injected containers read this endpoint's token (``injector.tokenPath`` or the default)."""
+        if self.injector is not None:
+            return self.injector.token_file(self.name)
+        return f"{token_dir(self.name)}/{TOKEN_FILE}"
 
     @pydantic.model_validator(mode="after")
     def _tokens_outlived_by_keys(self) -> Endpoint:

@@ -3,21 +3,132 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
+import json
+import os
 import pathlib
 import select
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from tests import apiserver
-from tests.e2e.test_end_to_end import Runtime
+import yaml
 
+from tests import apiserver
+from tests.runtime import harness
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VALUES = ROOT / "examples" / "aws" / "values.yaml"
 HOST = "127.0.0.1"
+
+
+class Runtime:
+    """``kube-sts-server`` for the compiled AWS example (runtime TLS mode, "localhost" added to its
+    names) against the API server double ``api``: the HTTP layer under attack, Kubernetes not under test."""
+
+    def __init__(self, api: apiserver.APIServer, tmp: pathlib.Path, values: pathlib.Path = VALUES) -> None:
+        out = tmp / "manifests"
+        self.webhook_configurations: list[str] = []
+        subprocess.run(
+            [sys.executable, "-m", "kube_sts.compiler.cli", "--output-dir", str(out), str(values)],
+            check=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        # A fresh cluster: the webhook configuration as compiled (empty caBundle), no TLS Secret.
+        # The runtime creates its CA and serving certificate (runtime TLS mode, the default) and
+        # fills in the caBundle. Its certificate also names "localhost", the loopback stand-in for
+        # the Service's DNS names.
+        for manifest in sorted(out.glob("*.yaml")):
+            document = yaml.safe_load(manifest.read_text())
+            if document["kind"] == "MutatingWebhookConfiguration":
+                api.put(document)
+                self.webhook_configurations.append(document["metadata"]["name"])
+        runtime_config = json.loads(
+            yaml.safe_load((out / "08-configmap-kube-sts-config.yaml").read_text())["data"]["config.json"]
+        )
+        assert runtime_config["tls"]["mode"] == "runtime"
+        runtime_config["tls"]["dnsNames"].append("localhost")
+        # The example's issuer host is not reachable from here, and with waitForPublication a key
+        # the issuer does not serve never signs (tests/keys and tests/adversarial cover the wait).
+        for endpoint in runtime_config["endpoints"]:
+            endpoint["issuer"]["keys"]["waitForPublication"] = False
+        self.namespace = runtime_config["namespace"]
+        self.secret_name = runtime_config["tls"]["secretName"]
+        self.config_file = tmp / "config.json"
+        self.config_file.write_text(json.dumps(runtime_config))
+        self.api = api
+        kubeconfig = harness.write_kubeconfig(tmp / "kubeconfig", api.url)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AWS_"))}
+        self.env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
+        self.keys = tmp / "keys"
+        self.port = harness.free_port()
+        self.base = f"https://localhost:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "kube_sts.runtime.server",
+            "--config",
+            str(self.config_file),
+            "--keys-dir",
+            str(self.keys),
+            "--tls-dir",
+            str(self.config_file.parent / "no-tls-files"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, self.process.communicate()[1]
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", context=self.client_context(), timeout=5):
+                    return
+            except (urllib.error.URLError, ConnectionError, KeyError):
+                assert time.monotonic() < deadline, "the runtime did not become ready"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.communicate(timeout=30)
+        self.process = None
+
+    def ca_bundle(self) -> str:
+        """The CA the runtime keeps in its TLS Secret (KeyError until it has created it)."""
+        secret = self.api.get("v1", "secrets", self.namespace, self.secret_name)
+        if secret is None:
+            raise KeyError(self.secret_name)
+        return base64.b64decode(secret["data"]["ca.crt"]).decode()
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.ca_bundle())
+
+    def post(self, path: str, body: bytes) -> Any:
+        request = urllib.request.Request(
+            self.base + path, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, context=self.client_context(), timeout=10) as answer:
+            return json.loads(answer.read())
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from kube_sts.runtime import server
 from kube_sts.runtime.http import limits
 from kube_sts.runtime.kube import api as kubeapi
 from tests.adversarial import attacks
-from tests.e2e.test_end_to_end import Runtime
+from tests.adversarial.attacks import Runtime
 from tests.runtime import harness
 
 

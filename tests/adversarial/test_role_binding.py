@@ -4,6 +4,7 @@ Rules such as ``(role=arn:aws:iam::123456789012:role/allowed-*)`` decide which r
 use; the minted ``sub`` carries the authorized role (``<cluster>:<namespace>:<sa>:<role>``), and
 the trust policy the README documents pins the whole ``sub`` with ``StringEquals``, so AWS
 itself refuses a token for any other role, also when a container sets its own ``AWS_ROLE_ARN``.
+The exchanges of real tokens for real Pods are tests/controlplane/test_role_trust.py.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from kube_sts.compiler import source
 from kube_sts.runtime import config
-from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver, awssts
+from tests import awssts
 from tests.runtime import harness
 
 ACCOUNT = "123456789012"
@@ -51,73 +50,6 @@ def readme_trust_policy(role_arn: str, namespace: str = "myns", serviceaccount: 
             }
         ],
     }
-
-
-class World:
-    def __init__(self, running: harness.RunningServer, tls: harness.TLSFiles, api: apiserver.APIServer) -> None:
-        self.running, self.tls, self.api = running, tls, api
-        self.sts = awssts.AWSSTS(ACCOUNT)
-        self.sts.add_provider(
-            awssts.Provider(f"https://{HOST}", (AUDIENCE,), f"{running.url}/aws", tls.client_context())
-        )
-        for role in (READER, ADMIN):
-            self.sts.policies[role] = readme_trust_policy(role)
-        self._pods = 0
-
-    def exchange(self, role: str) -> tuple[int, dict[str, Any]]:
-        self._pods += 1
-        pod = self.api.add_pod("myns", f"app-{self._pods}", annotations={"tremolo.io/aws-role": role})
-        sa_token = self.api.issue_token("myns", "app", pod=pod, audiences=[harness.STS_AUDIENCE])
-        answer = harness.asgi_call(self.running.app, "POST", "/aws/token", {"authorization": f"Bearer {sa_token}"})
-        return answer.status, answer.json()
-
-    def assume(self, role_arn: str, token: str) -> str:
-        """``AssumeRoleWithWebIdentity`` as botocore sends it; the error code, or ``ok``."""
-        form = {
-            "Action": "AssumeRoleWithWebIdentity",
-            "RoleArn": role_arn,
-            "RoleSessionName": "s",
-            "WebIdentityToken": token,
-        }
-        try:
-            self.sts.assume_role(form)
-        except awssts.STSError as error:
-            return error.code
-        return "ok"
-
-
-@pytest.fixture
-def world(api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, tmp_path: pathlib.Path) -> Iterator[World]:
-    tls = harness.make_tls(tmp_path / "tls")
-    harness.write_keyset(tmp_path, "aws", "RS256")
-    app = harness.make_app(harness.runtime_config(harness.endpoint(rules=[RULE])), kube, tmp_path)
-    with harness.RunningServer(app, tls) as running:
-        yield World(running, tls, api_server)
-    app.executor.shutdown(wait=True)
-
-
-def test_a_token_for_one_role_is_refused_by_another_roles_trust_policy(world: World) -> None:
-    status, body = world.exchange(READER)
-    assert status == 200
-    token = body["token"]
-    assert world.assume(READER, token) == "ok"
-    # a container of the allowed-reader Pod that sets AWS_ROLE_ARN itself (the webhook leaves it)
-    # hands AWS the same token for payments-admin: AWS refuses it
-    assert world.assume(ADMIN, token) == "AccessDenied"
-    assert world.sts.calls[0].claims["sub"] == f"{harness.CLUSTER}:myns:app:{READER}"
-
-
-def test_the_rules_refuse_the_other_role(world: World) -> None:
-    status, body = world.exchange(ADMIN)
-    assert (status, body["error"]) == (403, "denied")
-
-
-def test_a_role_smuggled_after_an_allowed_prefix_is_refused_by_aws(world: World) -> None:
-    # The rule's `allowed-*` also matches this value; the pinned sub still names another role.
-    status, body = world.exchange(f"{READER}x:{ADMIN}")
-    assert status == 200
-    assert world.assume(ADMIN, body["token"]) == "AccessDenied"
-    assert world.assume(READER, body["token"]) == "AccessDenied"
 
 
 def test_default_subject_carries_the_role_only_where_rules_decide_on_it() -> None:

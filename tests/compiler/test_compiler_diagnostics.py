@@ -53,6 +53,9 @@ def second(**changes: str) -> str:
         f"  - name: {fields['name']}\n"
         f"    audience: {fields['audience']}\n"
         f"    path: {fields['path']}\n"
+        "    azRules:\n"
+        "    - scope: filter\n"
+        '      constraint: "(namespace=myns)"\n'
         "    issuer:\n"
         "      host: d2.cloudfront.net\n"
         f"      keypair: {fields['keypair']}\n"
@@ -101,8 +104,8 @@ CASES: list[tuple[str, str, list[tuple[int, int, str]]]] = [
     ("replicas", GOOD + "  replicas: 0\n", [(16, 13, "greater-than-equal")]),
     ("duplicate name", second(name="aws"), [(16, 11, "duplicate-name")]),
     ("duplicate path", second(path="/aws"), [(18, 11, "duplicate-path")]),
-    ("duplicate label", second(label="aws-role"), [(23, 14, "duplicate-label")]),
-    ("duplicate keypair", second(keypair="aws-keys"), [(21, 16, "duplicate-keypair")]),
+    ("duplicate label", second(label="aws-role"), [(26, 14, "duplicate-label")]),
+    ("duplicate keypair", second(keypair="aws-keys"), [(24, 16, "duplicate-keypair")]),
     (
         "several at once, sorted",
         GOOD.replace("path: /aws", "path: aws").replace("host: d1", "host: https://d1") + "  replica: 3\n",
@@ -195,7 +198,13 @@ def test_arbitrary_strings_survive_rendering(cluster: str, audience: str) -> Non
             "sts": {
                 "cluster": cluster,
                 "endpoints": [
-                    {"name": "a", "audience": audience, "path": "/a", "issuer": {"host": "h.example", "keypair": "k"}}
+                    {
+                        "name": "a",
+                        "audience": audience,
+                        "path": "/a",
+                        "azRules": [{"scope": "filter", "constraint": "(namespace=a)"}],
+                        "issuer": {"host": "h.example", "keypair": "k"},
+                    }
                 ],
             }
         }

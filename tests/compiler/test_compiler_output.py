@@ -36,7 +36,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_examples_exist() -> None:
-    assert EXAMPLES == ["aws", "aws-cert-manager", "aws-two-accounts", "azure", "gcp", "vault"]
+    assert EXAMPLES == ["aws", "aws-cert-manager", "aws-two-accounts", "azure", "gcp", "openunison", "vault"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

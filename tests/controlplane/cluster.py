@@ -31,11 +31,13 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+import kubernetes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import binaries
 from tests.runtime import harness
 
@@ -150,6 +152,7 @@ class ControlPlane:
         directory.mkdir(parents=True, exist_ok=True)
         self.binaries = binaries.ensure()
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._admin_api: kubeapi.KubeAPI | None = None
         ca = _CA.create("kube-sts control-plane CA")
         self.ca_file = _write(directory / "ca.crt", ca.certificate.public_bytes(serialization.Encoding.PEM), 0o644)
         serving_cert, serving_key = ca.issue(
@@ -253,6 +256,9 @@ class ControlPlane:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        if self._admin_api is not None:
+            self._admin_api.close()
+            self._admin_api = None
         for _name, process in reversed(self._processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -293,25 +299,26 @@ class ControlPlane:
         pod: dict[str, Any] | None = None,
         seconds: int = 600,
     ) -> str:
-        """A TokenRequest (``kubectl create token``) for ``service_account``, bound to ``pod`` when given."""
-        bound = []
+        """A TokenRequest for ``service_account``, bound to ``pod`` when given (what ``kubectl create
+        token`` sends, without a process per token)."""
+        spec: dict[str, Any] = {"audiences": [audience], "expirationSeconds": seconds}
         if pod is not None:
             metadata = pod["metadata"]
-            bound = [
-                "--bound-object-kind=Pod",
-                f"--bound-object-name={metadata['name']}",
-                f"--bound-object-uid={metadata['uid']}",
-            ]
-        answer = self.kubectl(
-            "create",
-            "token",
-            service_account,
-            f"--namespace={namespace}",
-            f"--audience={audience}",
-            f"--duration={seconds}s",
-            *bound,
+            spec["boundObjectRef"] = {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "name": metadata["name"],
+                "uid": metadata["uid"],
+            }
+        if self._admin_api is None:
+            self._admin_api = self.admin_api()
+        answer = self._admin_api.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
         )
-        return answer.stdout.strip()
+        token: str = answer["status"]["token"]
+        return token
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         """A Namespace with the ServiceAccounts ``default`` and ``app`` (no controller makes them)."""
@@ -322,6 +329,15 @@ class ControlPlane:
                 for account in ("default", "app")
             ),
         )
+
+    def admin_api(self, timeout: float = 5.0) -> kubeapi.KubeAPI:
+        """The runtime's client class with the admin kubeconfig (client certificate in system:masters)."""
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig), client_configuration=configuration
+        )
+        configuration.retries = False
+        return kubeapi.KubeAPI(kubernetes.client.ApiClient(configuration), timeout)
 
     def kubeconfig_for(self, name: str, token: str) -> pathlib.Path:
         return write_kubeconfig(self.directory / f"{name}.kubeconfig", self.url, self.ca_file, {"token": token})

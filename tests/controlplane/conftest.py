@@ -1,6 +1,8 @@
 """Fixtures of the control-plane tier: one real kube-apiserver + etcd for the whole tier, with the
 compiled AWS example applied, and the runtime as a process authenticated as its rendered
-ServiceAccount. Each test uses namespaces of its own."""
+ServiceAccount. Each test uses namespaces of its own, or ``myns``, the namespace the examples'
+azRules admit. ``runtime_kube`` is the runtime's Kubernetes client for token services run in the
+test process: the real API server, as the rendered ServiceAccount."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import cluster, deployment
+
+ALLOWED = "myns"
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +42,32 @@ def runtime(deployed: deployment.Deployment, tmp_path_factory: pytest.TempPathFa
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def runtime_kube(deployed: deployment.Deployment) -> Iterator[kubeapi.KubeAPI]:
+    """A ``KubeAPI`` on the real API server with a TokenRequest token of ServiceAccount kube-sts."""
+    plane = deployed.plane
+    account = deployed.one("ServiceAccount")["metadata"]["name"]
+    token = plane.token(deployed.namespace, account, cluster.API_AUDIENCE, seconds=24 * 3600)
+    client = kubeapi.KubeAPI.for_host(plane.url, token=token, ca_file=str(plane.ca_file), timeout=5.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def admin_kube(control_plane: cluster.ControlPlane) -> Iterator[kubeapi.KubeAPI]:
+    """The runtime's client class with the admin kubeconfig (client certificate in system:masters)."""
+    client = control_plane.admin_api()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def myns(control_plane: cluster.ControlPlane) -> str:
+    """``myns`` (with ServiceAccounts ``default`` and ``app``): the namespace the azRules admit."""
+    control_plane.create_namespace(ALLOWED)
+    return ALLOWED
 
 
 @pytest.fixture

@@ -108,6 +108,10 @@ class Runtime:
             # the examples' issuer hosts (CloudFront) cannot be reached from here: without this a
             # first start signs nothing until https://<host>/certs serves the key
             endpoint["issuer"]["keys"]["waitForPublication"] = False
+        # "localhost": the loopback stand-in for the Service's DNS name, for clients that dial the
+        # runtime by name (the sidecar in test_end_to_end.py). Every runtime of the tier adds it, so
+        # that runtimes sharing the TLS Secret agree on the serving certificate's names.
+        config["tls"]["dnsNames"].append("localhost")
         self.config = config
         self.config_file = directory / "config.json"
         self.config_file.write_text(json.dumps(config))

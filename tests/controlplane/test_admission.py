@@ -7,10 +7,13 @@ import copy
 import json
 from typing import Any
 
+import jsonpatch
 import pytest
 
+from kube_sts.runtime import config
+from kube_sts.runtime.webhook import injection
 from tests.controlplane import cluster, deployment
-from tests.webhook.test_injection import ROLE, seed_pod
+from tests.webhook.test_injection import CA, ROLE, seed_pod
 
 SIDECAR = "kube-sts-aws"
 RESTRICTED_CONTAINER = {
@@ -142,3 +145,26 @@ def test_webhook_down_refuses_labelled_pods_and_admits_others(runtime: deploymen
     finally:
         runtime.start()
     assert injected(create(plane, namespace, named(seed_pod(), namespace, "after-restart")))
+
+
+def test_a_pod_injected_with_a_token_path_is_valid_to_the_api_server(
+    runtime: deployment.Runtime, namespace: str
+) -> None:
+    """The patch for an endpoint with OpenUnison's token path (``/tokens/token.jwt``), applied with
+    jsonpatch, is a Pod the real API server stores as it is (the compiled webhook, seeing the
+    marker, adds nothing more)."""
+    stored_config = config.RuntimeConfig.model_validate(runtime.config)
+    [endpoint] = stored_config.endpoints
+    document = endpoint.model_dump(by_alias=True)
+    document["injector"]["tokenPath"] = "/tokens/token.jwt"
+    moved = stored_config.model_copy(update={"endpoints": (config.Endpoint.model_validate(document),)})
+    pod = named(seed_pod(), namespace, "openunison-path")
+    patched = jsonpatch.apply_patch(pod, injection.patch(moved, moved.endpoints, pod, CA).operations)
+    stored = create(runtime.deployment.plane, namespace, patched)
+    [side] = [c for c in stored["spec"]["initContainers"] if c["name"] == SIDECAR]
+    assert side["args"][side["args"].index("--token-file") + 1] == "/tokens/token.jwt"
+    assert {"name": "kube-sts-aws-token", "mountPath": "/tokens"} in side["volumeMounts"]
+    [app] = stored["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in app["env"]}["AWS_WEB_IDENTITY_TOKEN_FILE"] == "/tokens/token.jwt"
+    assert {"name": "kube-sts-aws-token", "mountPath": "/tokens", "readOnly": True} in app["volumeMounts"]
+    assert [c["name"] for c in stored["spec"]["initContainers"]] == [SIDECAR]

@@ -20,21 +20,28 @@ from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import named
 from tests.webhook.test_injection import ROLE, seed_pod
 
-# The namespace the AWS example's azRules admit: (namespace=myns).
-ALLOWED = "myns"
+
+@pytest.fixture
+def allowed(myns: str) -> str:
+    """The namespace the AWS example's azRules admit: (namespace=myns)."""
+    return myns
 
 
-@pytest.fixture(scope="module")
-def allowed(control_plane: cluster.ControlPlane) -> str:
-    control_plane.create_namespace(ALLOWED)
-    return ALLOWED
-
-
-def create_pod(plane: cluster.ControlPlane, namespace: str, name: str, *, labelled: bool = True) -> dict[str, Any]:
-    """The seed's Pod as ServiceAccount ``app``; unlabelled, it does not go through our webhook."""
+def create_pod(
+    plane: cluster.ControlPlane,
+    namespace: str,
+    name: str,
+    *,
+    labelled: bool = True,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The seed's Pod as ServiceAccount ``app``; unlabelled, it does not go through our webhook.
+    ``annotations`` replace the seed's (its role annotation)."""
     pod = named(seed_pod(), namespace, name)
     if not labelled:
         del pod["metadata"]["labels"]["tremolo.io/aws-role"]
+    if annotations is not None:
+        pod["metadata"]["annotations"] = dict(annotations)
     pod["spec"]["serviceAccountName"] = "app"
     answer = plane.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(pod))
     stored: dict[str, Any] = json.loads(answer.stdout)

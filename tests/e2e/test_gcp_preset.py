@@ -24,7 +24,8 @@ import requests
 
 from kube_sts.runtime.webhook import injection
 from tests import apiserver, gcpsts
-from tests.e2e.test_end_to_end import Runtime, claims
+from tests.adversarial.attacks import Runtime
+from tests.controlplane.test_exchange import claims
 from tests.runtime import harness
 
 PROVIDER = "projects/123456789012/locations/global/workloadIdentityPools/kube-sts/providers/cluster"

@@ -352,3 +352,57 @@ def test_native_sidecars_serve_pods_that_run_to_completion() -> None:
     validate(patched)
     [side] = patched["spec"]["initContainers"]
     assert side["restartPolicy"] == "Always" and result.warnings == []
+
+
+def openunison_endpoint(token_path: str = "/tokens/token.jwt") -> config.Endpoint:
+    document = harness.endpoint().model_dump(by_alias=True)
+    document["injector"]["tokenPath"] = token_path
+    return config.Endpoint.model_validate(document)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_token_path_is_set_per_endpoint(native: bool) -> None:
+    """OpenUnison's Pods read /tokens/token.jwt: the variable, the mounts, the sidecar's file and
+    its probes all follow the endpoint's tokenPath."""
+    rt = runtime(openunison_endpoint(), native=native)
+    patched = apply(rt, seed_pod())
+    validate(patched)
+    [app] = [c for c in patched["spec"]["containers"] if c["name"] == "aws-cli"]
+    assert env_of(app)["AWS_WEB_IDENTITY_TOKEN_FILE"] == "/tokens/token.jwt"
+    assert {"name": "kube-sts-aws-token", "mountPath": "/tokens", "readOnly": True} in app["volumeMounts"]
+    sidecars = [c for c in patched["spec"]["initContainers"] + patched["spec"]["containers"] if c["name"] != "aws-cli"]
+    assert sidecars and len(sidecars) == (1 if native else 2)
+    for side in sidecars:
+        assert side["args"][side["args"].index("--token-file") + 1] == "/tokens/token.jwt"
+        assert {"name": "kube-sts-aws-token", "mountPath": "/tokens"} in side["volumeMounts"]
+        for probe in ("startupProbe", "readinessProbe"):
+            if probe in side:
+                assert side[probe]["exec"]["command"][-2:] == ["--token-file", "/tokens/token.jwt"]
+        assert sidecar.parse_arguments(side["args"]).token_file == "/tokens/token.jwt"
+    assert not any(
+        m["mountPath"].startswith(injection.TOKEN_ROOT + "/")
+        for c in patched["spec"]["initContainers"] + patched["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+    )
+    assert injection.patch(rt, rt.endpoints, patched, CA).operations == []
+
+
+@pytest.mark.parametrize(
+    "token_path",
+    [
+        "tokens/token.jwt",
+        "/token.jwt",
+        "/tokens/",
+        "/tokens/../etc/token",
+        "/tokens/./token",
+        "/tokens//token",
+        "/etc/token",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "/var/run/secrets/kube-sts-sa/aws/token",
+        "/tmp/token",
+        "/tokens/a b",
+    ],
+)
+def test_token_path_must_be_a_safe_file_in_a_folder_of_its_own(token_path: str) -> None:
+    with pytest.raises(ValueError, match=r"tokenPath|token_path"):
+        openunison_endpoint(token_path)

@@ -117,7 +117,7 @@ def load(path: str, err: TextIO) -> tuple[str, str, values.Values] | int:
         err.write(f"{name}:1:1: error: the file is not UTF-8 ({exc.reason} at byte {exc.start}) [encoding]\n")
         return 1
     try:
-        model, _ = source.check(text)
+        model = source.check(text).model
     except diagnostics.ValuesError as exc:
         err.write(diagnostics.render(exc.diagnostics, name, text))
         return 1

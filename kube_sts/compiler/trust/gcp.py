@@ -94,7 +94,7 @@ def credential_configuration(
         "audience": f"//iam.googleapis.com/{provider}",
         "subject_token_type": JWT_TOKEN_TYPE,
         "token_url": TOKEN_URL,
-        "credential_source": {"file": injection.token_path(endpoint.name), "format": {"type": "text"}},
+        "credential_source": {"file": injection.token_path(endpoint), "format": {"type": "text"}},
     }
     if service_account is not None:
         info["service_account_impersonation_url"] = (

@@ -8,8 +8,9 @@ nothing more for it, so a second pass returns an empty patch.
 Rules:
 - a Pod is injected for an endpoint when it carries the label ``tremolo.io/<label>`` and a
   non-empty annotation of the same key (the value, e.g. an AWS role ARN);
-- application and init containers get the token volume read-only at
-  ``/var/run/secrets/kube-sts/<endpoint>`` and the variables, unless they already set them or are
+- application and init containers get the token volume read-only at the directory of the
+  endpoint's token file (``injector.tokenPath``, default ``/var/run/secrets/kube-sts/<endpoint>/token``)
+  and the variables, unless they already set them or are
   listed in the ``kube-sts.tremolo.io/exclude-containers`` annotation (comma-separated names);
 - the variables are the endpoint's injector names and ``extra_env``, which its preset
   (``config.apply_preset``) fills with each relying party's defaults, e.g.
@@ -130,15 +131,18 @@ def sidecar_name(endpoint: str) -> str:
     return _name("kube-sts-", endpoint)
 
 
-def token_dir(endpoint: str) -> str:
-    return config.token_dir(endpoint)
+def token_dir(endpoint: config.Endpoint) -> str:
+    """The token volume's mount point (the token file's directory)."""
+    return token_path(endpoint).rsplit("/", 1)[0]
 
 
-def token_path(endpoint: str) -> str:
-    return f"{token_dir(endpoint)}/{config.TOKEN_FILE}"
+def token_path(endpoint: config.Endpoint) -> str:
+    """The token file the sidecar writes and the token variable names."""
+    return endpoint.token_file
 
 
-def credential_config_path(endpoint: str) -> str:
+def credential_config_path(endpoint: config.Endpoint) -> str:
+    """The credential configuration the sidecar writes beside the token (``gcp`` preset)."""
     return f"{token_dir(endpoint)}/{config.CREDENTIAL_CONFIGURATION_FILE}"
 
 
@@ -147,7 +151,7 @@ def app_env(endpoint: config.Endpoint, value: str) -> list[tuple[str, str]]:
     injector = endpoint.injector
     assert injector is not None
     env = [
-        (injector.token_environment_variable_name, token_path(endpoint.name)),
+        (injector.token_environment_variable_name, token_path(endpoint)),
         (injector.label_value_environment_variable_name, value),
     ]
     env.extend(sorted(injector.extra_env.items()))
@@ -163,14 +167,14 @@ def sidecar_args(
         sidecar.Flag.SERVICE_ACCOUNT_TOKEN,
         f"{SA_TOKEN_ROOT}/{endpoint.name}/token",
         sidecar.Flag.TOKEN_FILE,
-        token_path(endpoint.name),
+        token_path(endpoint),
         sidecar.Flag.CA_ENV,
         CA_ENV,
     ]
     if credential_config:
         args += [
             sidecar.Flag.CREDENTIAL_CONFIG,
-            credential_config_path(endpoint.name),
+            credential_config_path(endpoint),
             sidecar.Flag.CREDENTIAL_CONFIG_ENV,
         ]
         args.append(CREDENTIAL_CONFIG_ENV)
@@ -219,7 +223,7 @@ def _sidecar(
         "resources": {kind: dict(values) for kind, values in sorted(runtime.sidecar_resources.items())},
         "securityContext": _security_context(pod),
         "volumeMounts": [
-            {"name": _name("kube-sts-", endpoint.name, "-token"), "mountPath": token_dir(endpoint.name)},
+            {"name": _name("kube-sts-", endpoint.name, "-token"), "mountPath": token_dir(endpoint)},
             {
                 "name": _name("kube-sts-", endpoint.name, "-sa"),
                 "mountPath": f"{SA_TOKEN_ROOT}/{endpoint.name}",
@@ -230,9 +234,7 @@ def _sidecar(
     }
     if mode != "once":
         check = {
-            "exec": {
-                "command": [SIDECAR_COMMAND, sidecar.Flag.CHECK, sidecar.Flag.TOKEN_FILE, token_path(endpoint.name)]
-            }
+            "exec": {"command": [SIDECAR_COMMAND, sidecar.Flag.CHECK, sidecar.Flag.TOKEN_FILE, token_path(endpoint)]}
         }
         container["readinessProbe"] = {**check, "periodSeconds": 10, "failureThreshold": 3}
     if mode == "native":
@@ -500,7 +502,7 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
                 builder.append("/spec/containers", spec.get("containers"), loop)
         mount = {
             "name": _name("kube-sts-", endpoint.name, "-token"),
-            "mountPath": token_dir(endpoint.name),
+            "mountPath": token_dir(endpoint),
             "readOnly": True,
         }
         env = app_env(endpoint, value.strip())

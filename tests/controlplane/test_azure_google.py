@@ -5,6 +5,8 @@ The token service runs on real uvicorn with TLS on 127.0.0.1 with two endpoints:
 (audience: the provider's default, ``https://iam.googleapis.com/projects/123/locations/global/
 workloadIdentityPools/p/providers/kube-sts``; issuer ``https://gcp-issuer.example``). Tokens are
 minted through the real ``POST /<endpoint>/token`` and written to a token file, as the sidecar does.
+The token service talks to the real API server as the rendered ServiceAccount (``runtime_kube``):
+what it exchanges are TokenRequests bound to a real Pod in ``myns``, reviewed by the real TokenReview.
 
 * Azure: azure-identity's ``WorkloadIdentityCredential`` (and MSAL's confidential client, which
   other Azure SDKs use for the same flow) against ``tests/entra.py``, which matches the federated
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import itertools
 import json
 import pathlib
 import time
@@ -40,7 +41,9 @@ import requests
 from azure.identity import WorkloadIdentityCredential
 
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver, entra, gcpsts
+from tests import entra, gcpsts
+from tests.controlplane import cluster
+from tests.controlplane.test_exchange import create_pod
 from tests.runtime import harness
 
 ALGORITHMS = ["RS256", "ES256"]
@@ -64,19 +67,20 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> harness.TLSFiles:
 class Service:
     """The running token service (endpoints ``azure`` and ``gcp``) and a way to mint through it."""
 
-    def __init__(self, running: harness.RunningServer, tls: harness.TLSFiles, api: apiserver.APIServer) -> None:
+    def __init__(
+        self, running: harness.RunningServer, tls: harness.TLSFiles, plane: cluster.ControlPlane, pod: dict[str, Any]
+    ) -> None:
         self.running = running
         self.app = running.app
         self.tls = tls
-        self.api = api
+        self.plane = plane
+        self.pod = pod
         self.context = tls.client_context()
         self.algorithm = running.app.runtime.endpoints[0].token.algorithm
-        self._pods = itertools.count()
 
     def mint(self, endpoint: str) -> str:
         """A token from ``POST /<endpoint>/token``, for a Pod of service account ``app`` in ``myns``."""
-        pod = self.api.add_pod("myns", f"app-{next(self._pods)}", annotations={"tremolo.io/azure-identity": CLIENT_ID})
-        sa_token = self.api.issue_token("myns", "app", pod=pod, audiences=[harness.STS_AUDIENCE])
+        sa_token = self.plane.token("myns", "app", harness.STS_AUDIENCE, pod=self.pod)
         request = requests.post(
             f"{self.running.url}/{endpoint}/token",
             headers={"Authorization": f"Bearer {sa_token}"},
@@ -92,11 +96,19 @@ class Service:
             state.minter.clock = lambda: time.time() - seconds
 
 
+@pytest.fixture(scope="module")
+def pod(control_plane: cluster.ControlPlane, myns: str) -> dict[str, Any]:
+    """A Pod of ServiceAccount ``app`` in ``myns`` with the Azure identity annotation (unlabelled: no webhook)."""
+    annotations = {"tremolo.io/azure-identity": CLIENT_ID}
+    return create_pod(control_plane, myns, "azure-google", labelled=False, annotations=annotations)
+
+
 @pytest.fixture(params=ALGORITHMS)
 def service(
     request: pytest.FixtureRequest,
-    api_server: apiserver.APIServer,
-    kube: kubeapi.KubeAPI,
+    control_plane: cluster.ControlPlane,
+    runtime_kube: kubeapi.KubeAPI,
+    pod: dict[str, Any],
     tls: harness.TLSFiles,
     tmp_path: pathlib.Path,
 ) -> Iterator[Service]:
@@ -114,9 +126,9 @@ def service(
         ),
         harness.endpoint("gcp", algorithm=algorithm, audience=GCP_AUDIENCE, host="gcp-issuer.example", label=None),
     )
-    app = harness.make_app(runtime, kube, keys_dir)
+    app = harness.make_app(runtime, runtime_kube, keys_dir)
     with harness.RunningServer(app, tls) as running:
-        yield Service(running, tls, api_server)
+        yield Service(running, tls, control_plane, pod)
 
 
 def tamper(token: str) -> str:

@@ -1,13 +1,14 @@
 """Minted tokens verified by independent libraries and by botocore against a verifying STS double.
 
-The token service runs on real uvicorn with TLS on 127.0.0.1; relying parties read its
-discovery document and JWKS over HTTPS, as they would from the issuer's host.
+The token service runs on real uvicorn with TLS on 127.0.0.1 and talks to the real API server as
+the rendered ServiceAccount (``runtime_kube``): the tokens it exchanges are TokenRequests bound
+to a real Pod in ``myns``, reviewed by the real TokenReview. Relying parties read its discovery
+document and JWKS over HTTPS, as they would from the issuer's host.
 """
 
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import json
 import pathlib
 import ssl
@@ -27,7 +28,9 @@ import pytest
 
 from kube_sts.runtime import server
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver, awssts
+from tests import awssts
+from tests.controlplane import cluster
+from tests.controlplane.test_exchange import create_pod
 from tests.runtime import harness
 
 ALGORITHMS = ["RS256", "ES256"]
@@ -44,11 +47,14 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> harness.TLSFiles:
 class Service:
     """The running token service plus what a test needs to call it."""
 
-    def __init__(self, running: harness.RunningServer, tls: harness.TLSFiles, api: apiserver.APIServer) -> None:
+    def __init__(
+        self, running: harness.RunningServer, tls: harness.TLSFiles, plane: cluster.ControlPlane, pod: dict[str, Any]
+    ) -> None:
         self.running = running
         self.app = running.app
         self.tls = tls
-        self.api = api
+        self.plane = plane
+        self.pod = pod
         self.context = tls.client_context()
 
     @property
@@ -61,8 +67,7 @@ class Service:
             return json.loads(response.read()), response.headers
 
     def exchange(self) -> str:
-        pod = self.api.add_pod("myns", "app-1", annotations={"tremolo.io/aws-role": ROLE})
-        sa_token = self.api.issue_token("myns", "app", pod=pod, audiences=[harness.STS_AUDIENCE])
+        sa_token = self.plane.token("myns", "app", harness.STS_AUDIENCE, pod=self.pod)
         request = urllib.request.Request(
             self.running.url + "/aws/token", method="POST", headers={"Authorization": f"Bearer {sa_token}"}
         )
@@ -71,20 +76,27 @@ class Service:
         return str(body["token"])
 
 
+@pytest.fixture(scope="module")
+def pod(control_plane: cluster.ControlPlane, myns: str) -> dict[str, Any]:
+    """A Pod of ServiceAccount ``app`` in ``myns`` with the role annotation (unlabelled: no webhook)."""
+    return create_pod(control_plane, myns, "relying-party", labelled=False, annotations={"tremolo.io/aws-role": ROLE})
+
+
 @pytest.fixture(params=ALGORITHMS)
 def service(
     request: pytest.FixtureRequest,
-    api_server: apiserver.APIServer,
-    kube: kubeapi.KubeAPI,
+    control_plane: cluster.ControlPlane,
+    runtime_kube: kubeapi.KubeAPI,
+    pod: dict[str, Any],
     tls: harness.TLSFiles,
     tmp_path: pathlib.Path,
 ) -> Iterator[Service]:
     algorithm = request.param
     harness.write_keyset(tmp_path, "aws", algorithm, count=2)
     runtime = harness.runtime_config(harness.endpoint(algorithm=algorithm, session_tags=True))
-    app = harness.make_app(runtime, kube, tmp_path)
+    app = harness.make_app(runtime, runtime_kube, tmp_path)
     with harness.RunningServer(app, tls) as running:
-        yield Service(running, tls, api_server)
+        yield Service(running, tls, control_plane, pod)
 
 
 def tamper(token: str) -> str:
@@ -246,23 +258,3 @@ def test_server_speaks_tls_only_with_our_ca(service: Service) -> None:
         urllib.request.urlopen(service.running.url + "/healthz", context=ssl.create_default_context(), timeout=10)
     assert service.get("/healthz")[0] == {"status": "ok"}
     assert isinstance(service.app, server.App)
-
-
-def test_concurrent_callers_with_a_slow_api_server(service: Service) -> None:
-    service.api.delay = 0.05
-    callers = []
-    for index in range(24):
-        pod = service.api.add_pod("myns", f"app-{index}")
-        callers.append(service.api.issue_token("myns", "app", pod=pod, audiences=[harness.STS_AUDIENCE]))
-
-    def call(token: str) -> int:
-        request = urllib.request.Request(
-            service.running.url + "/aws/token", method="POST", headers={"Authorization": f"Bearer {token}"}
-        )
-        with urllib.request.urlopen(request, context=service.context, timeout=20) as response:
-            return int(response.status)
-
-    with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        statuses = list(pool.map(call, callers))
-    assert statuses == [200] * 24
-    assert len(service.api.requests_to("/apis/authentication.k8s.io/v1/tokenreviews")) == 24
