@@ -22,12 +22,7 @@ RUN python -m venv /opt/build \
     && /opt/kube-sts/bin/pip install --require-hashes --no-deps --only-binary :all: -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY kube_sts ./kube_sts
-COPY compiler ./compiler
-COPY runtime ./runtime
-COPY templates ./templates
-COPY schemas ./schemas
-# kube_sts/ holds symlinks to the folders above; a wheel resolves them into real files. The wheel
-# is built from this source tree with the locked setuptools (no build isolation, nothing fetched)
+# The wheel is built from this source tree with the locked setuptools (no build isolation, nothing fetched)
 # and installed without dependencies: the compiler's jinja2 and ruamel.yaml never enter the image.
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
     && /opt/kube-sts/bin/pip install --no-deps --no-index /wheels/kube_sts-*.whl \

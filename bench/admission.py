@@ -28,7 +28,10 @@ import tempfile
 import time
 
 from bench import token_exchange
-from kube_sts.runtime import keymanager, kubeapi, server, webhook
+from kube_sts.runtime import server
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.webhook import admission as webhook
 from tests.runtime import harness
 from tests.webhook.test_injection import review_body, seed_pod
 

@@ -30,7 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import admission, token_exchange
-from kube_sts.runtime import injection, webhook
+from kube_sts.runtime.webhook import admission as webhook
+from kube_sts.runtime.webhook import injection
 from tests.runtime import harness
 from tests.webhook.test_injection import review_body, seed_pod
 

@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from kube_sts.runtime import keyset
+from kube_sts.runtime.keys import keyset
 
 
 def measure(label: str, action: Callable[[], object], runs: int) -> None:

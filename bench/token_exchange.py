@@ -37,7 +37,11 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from kube_sts.runtime import keymanager, keyset, kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tokens import audit
 from tests import apiserver
 from tests.runtime import harness
 
@@ -126,11 +130,11 @@ def serve_child(workdir: str, api_url: str, algorithm: str, port_file: str) -> N
     pin(SERVER_CPU)
     logging.basicConfig(level=logging.ERROR)
     directory = pathlib.Path(workdir)
-    audit = server.AuditTrail(open(directory / "audit.log", "w"))  # noqa: SIM115 (lives as long as the process)
+    trail = audit.AuditTrail(open(directory / "audit.log", "w"))  # noqa: SIM115 (lives as long as the process)
     runtime = harness.runtime_config(harness.endpoint(algorithm=algorithm, rules=["(namespace=bench)"]))
     kube = kubeapi.KubeAPI.for_host(api_url, timeout=3.0)
     keys = keymanager.KeyManager.from_config(runtime, keys_dir=directory / "keys", fetcher=None)
-    app = server.App(runtime, kube=kube, keys=keys, audit=audit)
+    app = server.App(runtime, kube=kube, keys=keys, audit=trail)
     app.on_startup.append(keys.refresh)
     tls = harness.TLSFiles(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

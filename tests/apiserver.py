@@ -31,7 +31,7 @@ The tests that still need it, and why:
   delay under 24 concurrent callers, the TokenReviews the cache saves (counted in the request
   log), tokens the real server will not issue (expired, 2 s, a review contradicting the token's
   audience), the deleted/re-created Pod window; its other tests make no API call worth proving.
-- tests/runtime/test_kubeapi.py: the bytes the client sends (review body, bearer token, Accept,
+- tests/runtime/kube/test_kubeapi.py: the bytes the client sends (review body, bearer token, Accept,
   patch media type), an expired token, the acceptance window, refused/500/reset and a timeout.
 - tests/runtime/test_apiserver_double.py: the double's own wire details the tests above rely on.
 - tests/tls/test_tlsmanager.py: no write when nothing drifted, racing replicas' creations and no

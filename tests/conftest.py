@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver
 
 

@@ -258,7 +258,7 @@ def test_migration_section_runs_in_order(tmp_path: pathlib.Path) -> None:
     and a key pair Secret as `kubectl get secret -o yaml` prints it; what the kubectl steps name exists."""
     from ruamel.yaml import YAML  # noqa: PLC0415
 
-    from kube_sts.runtime import keyset  # noqa: PLC0415
+    from kube_sts.runtime.keys import keyset  # noqa: PLC0415
     from tests import openunison  # noqa: PLC0415
 
     yaml = YAML(typ="safe", pure=True)

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import kubeapi, limits, server
+from kube_sts.runtime import server
+from kube_sts.runtime.http import limits
+from kube_sts.runtime.kube import api as kubeapi
 from tests.adversarial import attacks
 from tests.adversarial.attacks import Runtime
 from tests.runtime import harness

@@ -19,7 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kube_sts.runtime import config, injection, kubeapi, server, webhook
+from kube_sts.runtime import config, server
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.webhook import admission as webhook
+from kube_sts.runtime.webhook import injection
 from tests.runtime import harness
 from tests.webhook.test_injection import CA, review_body, runtime, seed_pod
 

@@ -22,7 +22,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kube_sts.runtime import kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver
 from tests.runtime import harness
 

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import config, keymanager, keyset, kubeapi
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver
 
 NAMESPACE = "kube-sts"

@@ -3,7 +3,7 @@ expired entries purged, 200 KiB of annotations not retained) is tests/controlpla
 
 from __future__ import annotations
 
-from kube_sts.runtime import callers
+from kube_sts.runtime.tokens import callers
 
 
 def test_cache_is_bounded_in_bytes() -> None:

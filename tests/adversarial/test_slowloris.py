@@ -15,7 +15,10 @@ import threading
 import time
 from collections.abc import Iterator
 
-from kube_sts.runtime import kubeapi, limits, server, transport, web
+from kube_sts.runtime import server
+from kube_sts.runtime.http import limits, transport
+from kube_sts.runtime.http import messages as web
+from kube_sts.runtime.kube import api as kubeapi
 from tests.adversarial import attacks
 from tests.runtime import harness
 

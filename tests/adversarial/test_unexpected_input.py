@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
 from tests.runtime import harness
 
 

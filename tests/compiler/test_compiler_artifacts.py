@@ -26,7 +26,7 @@ def test_example_output_snapshot(example: str, snapshot: SnapshotAssertion) -> N
 
 @pytest.mark.parametrize("which", sorted(schema.FILES))
 def test_checked_in_schema_is_current(which: str) -> None:
-    checked_in = (ROOT / "schemas" / schema.FILES[which]).read_text()
+    checked_in = (ROOT / "kube_sts" / "schemas" / schema.FILES[which]).read_text()
     assert checked_in == schema.text(which), (  # type: ignore[arg-type]
         "stale schema: run `python -m kube_sts.compiler.schema`"
     )

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import cluster, deployment
 
 ALLOWED = "myns"

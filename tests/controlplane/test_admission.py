@@ -10,7 +10,8 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from kube_sts.runtime import config, injection
+from kube_sts.runtime import config
+from kube_sts.runtime.webhook import injection
 from tests.controlplane import cluster, deployment
 from tests.webhook.test_injection import CA, ROLE, seed_pod
 

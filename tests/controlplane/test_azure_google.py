@@ -40,7 +40,7 @@ import pytest
 import requests
 from azure.identity import WorkloadIdentityCredential
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests import entra, gcpsts
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod

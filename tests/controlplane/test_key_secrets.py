@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import keymanager, keyset, kubeapi
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import cluster
 from tests.keys.test_managed_keys import DAY, SECRET, Clock, endpoint
 

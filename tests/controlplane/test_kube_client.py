@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
 

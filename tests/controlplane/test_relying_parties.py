@@ -26,7 +26,8 @@ import joserfc.jwt
 import jwt
 import pytest
 
-from kube_sts.runtime import kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
 from tests import awssts
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kube_sts.runtime import callers, kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tokens import callers
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
 from tests.runtime import harness

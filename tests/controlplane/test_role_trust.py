@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests import awssts
 from tests.adversarial.test_role_binding import ACCOUNT, ADMIN, AUDIENCE, HOST, READER, RULE, readme_trust_policy
 from tests.controlplane import cluster

@@ -15,7 +15,8 @@ import jwt
 import pytest
 from cryptography import x509
 
-from kube_sts.runtime import certificates, keyset
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.tls import certificates
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_exchange import create_pod, exchange
 

@@ -17,7 +17,9 @@ from typing import Any
 import jwt
 import pytest
 
-from kube_sts.runtime import kubeapi, minter, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tokens import minter
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
 from tests.runtime import harness

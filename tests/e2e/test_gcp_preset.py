@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import requests
 
-from kube_sts.runtime import injection
+from kube_sts.runtime.webhook import injection
 from tests import apiserver, gcpsts
 from tests.adversarial.attacks import Runtime
 from tests.controlplane.test_exchange import claims

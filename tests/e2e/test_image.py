@@ -17,7 +17,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from kube_sts.runtime import config, injection
+from kube_sts.runtime import config
+from kube_sts.runtime.webhook import injection
 from tests.webhook.test_injection import CA, seed_pod
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -206,8 +207,8 @@ class Absent:
         return None
 
 sys.meta_path.insert(0, Absent())
-import kube_sts.runtime.server, kube_sts.runtime.sidecar, kube_sts.runtime.webhook
-import kube_sts.runtime.keymanager, kube_sts.runtime.kubeapi
+import kube_sts.runtime.server, kube_sts.runtime.sidecar, kube_sts.runtime.webhook.admission
+import kube_sts.runtime.keys.manager, kube_sts.runtime.kube.api
 print(" ".join(sorted({module.split(".")[0] for module in sys.modules})))
 """
 

@@ -30,7 +30,10 @@ import ruamel.yaml
 
 from kube_sts.compiler import keys as keys_cli
 from kube_sts.compiler import manifest
-from kube_sts.runtime import authorizer, config, issuer, keymanager, keyset, minter
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.tokens import authorizer, issuer, minter
 from tests import awssts, openunison
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

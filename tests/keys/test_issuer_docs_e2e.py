@@ -6,7 +6,9 @@ import io
 import pathlib
 
 from kube_sts.compiler import keys as keys_cli
-from kube_sts.runtime import keymanager, kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
 from tests.runtime import harness
 
 

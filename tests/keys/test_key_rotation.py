@@ -14,7 +14,8 @@ from joserfc import jwk as jose_jwk
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 
-from kube_sts.runtime import config, keyset, rotation
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset, rotation
 
 LIFETIME = 3600
 LEAD = 2000

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from kube_sts.compiler import keys as keys_cli
-from kube_sts.runtime import config, keymanager, keyset, rotation
+from kube_sts.runtime import config
+from kube_sts.runtime.keys import keyset, rotation
+from kube_sts.runtime.keys import manager as keymanager
 
 
 class Clock:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from kube_sts.compiler import keys as keys_cli
-from kube_sts.runtime import keyset
+from kube_sts.runtime.keys import keyset
 
 NOW = 1_800_000_000
 

@@ -14,7 +14,7 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError
 from jwcrypto import jwk as jwcrypto_jwk
 
-from kube_sts.runtime import keyset
+from kube_sts.runtime.keys import keyset
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ruamel.yaml import YAML
 
 from kube_sts.compiler import keys as keys_cli
-from kube_sts.runtime import keyset
+from kube_sts.runtime.keys import keyset
 from tests import openunison
 
 NOW = 1_800_000_000

@@ -25,7 +25,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kube_sts.runtime import config, keymanager, keyset, kubeapi, server
+from kube_sts.runtime import config, server
+from kube_sts.runtime.keys import keyset
+from kube_sts.runtime.keys import manager as keymanager
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tokens import audit
 
 CLUSTER = "test-cluster"
 STS_AUDIENCE = "kube-sts"
@@ -165,7 +169,7 @@ def make_app(
     runtime: config.RuntimeConfig, kube: kubeapi.KubeAPI, keys_dir: pathlib.Path, **options: Any
 ) -> server.App:
     """The app with keys from ``keys_dir`` and its audit trail in memory (``audit_lines``)."""
-    options.setdefault("audit", server.AuditTrail(io.StringIO()))
+    options.setdefault("audit", audit.AuditTrail(io.StringIO()))
     return server.App(runtime, kube=kube, keys=key_manager(runtime, keys_dir), **options)
 
 

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import jwt
 import pytest
 
-from kube_sts.runtime import config, kubeapi, server
+from kube_sts.runtime import config, server
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver
 from tests.runtime import harness
 from tests.runtime.test_token_service import exchange

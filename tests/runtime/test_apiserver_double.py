@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver
 
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kube_sts.runtime import callers, kubeapi, server
+from kube_sts.runtime import server
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.tokens import callers
 from tests import apiserver
 from tests.runtime import harness
 
@@ -180,7 +182,7 @@ def test_api_outage_is_503_with_retry_after(
 
 def test_slow_api_server_is_503(api_server: apiserver.APIServer, app: server.App) -> None:
     token = pod_token(api_server)
-    app.api_timeout = 0.2
+    app.guard.timeout = 0.2
     api_server.delay = 0.6
     answer = exchange(app, token)
     assert (answer.status, answer.json()["error"]) == (503, "apiserver_unavailable")
@@ -272,7 +274,7 @@ def test_health_readiness_and_metrics(api_server: apiserver.APIServer, app: serv
     assert 'kube_sts_token_review_cache_total{result="miss"} 1' in lines
     assert 'kube_sts_apiserver_requests_total{call="tokenreview",outcome="ok"} 1' in lines
     api_server.set_outage("refused")
-    app._api_answered_at = None
+    app.guard.forget()
     ready = harness.asgi_call(app, "GET", "/readyz")
     assert ready.status == 503 and ready.json()["checks"]["apiserver"]["ready"] is False
     api_server.set_outage(None)

@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from kube_sts.runtime import certificates
+from kube_sts.runtime.tls import certificates
 
 NAMES = ("kube-sts", "kube-sts.kube-sts", "kube-sts.kube-sts.svc", "kube-sts.kube-sts.svc.cluster.local")
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)

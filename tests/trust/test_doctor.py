@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from kube_sts.compiler import doctor
-from kube_sts.runtime import keyset
+from kube_sts.runtime.keys import keyset
 from tests.runtime import harness
 
 ROLE = "arn:aws:iam::123456789012:role/allowed-reader"

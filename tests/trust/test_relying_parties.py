@@ -32,7 +32,7 @@ from azure.identity import WorkloadIdentityCredential
 
 from kube_sts.compiler import source
 from kube_sts.compiler.trust import command
-from kube_sts.runtime import kubeapi
+from kube_sts.runtime.kube import api as kubeapi
 from tests import apiserver, awssts, entra, gcpsts, vault
 from tests.runtime import harness
 

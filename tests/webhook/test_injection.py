@@ -12,7 +12,10 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
-from kube_sts.runtime import config, injection, sidecar, web, webhook
+from kube_sts.runtime import config, sidecar
+from kube_sts.runtime.http import messages as web
+from kube_sts.runtime.webhook import admission as webhook
+from kube_sts.runtime.webhook import injection
 from tests.runtime import harness
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -13,7 +13,10 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from kube_sts.runtime import config, injection, kubeapi, webhook
+from kube_sts.runtime import config
+from kube_sts.runtime.kube import api as kubeapi
+from kube_sts.runtime.webhook import admission as webhook
+from kube_sts.runtime.webhook import injection
 from tests import apiserver
 from tests.runtime import harness
 from tests.webhook.test_injection import (

@@ -12,7 +12,8 @@ import pydantic
 import pytest
 import ruamel.yaml
 
-from kube_sts.runtime import config, injection
+from kube_sts.runtime import config
+from kube_sts.runtime.webhook import injection
 from tests.runtime import harness
 from tests.webhook.test_injection import apply, env_of, runtime, seed_pod, validate
 
@@ -186,7 +187,7 @@ def test_a_preset_endpoint_reads_back_the_same_from_the_runtime_config(preset: s
 
 
 def schema_errors(sts: dict[str, Any]) -> list[str]:
-    schema = json.loads((ROOT / "schemas" / "values.schema.json").read_text())
+    schema = json.loads((ROOT / "kube_sts" / "schemas" / "values.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     return sorted(error.message for error in validator.iter_errors({"sts": sts}))
 

@@ -1,0 +1,1 @@
+"""HTTP: the ASGI app's routes, requests and responses, limits, request metrics and the transport."""

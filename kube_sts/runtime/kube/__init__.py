@@ -1,0 +1,1 @@
+"""Kubernetes API access: typed errors, reads and writes of the objects the runtime owns."""

@@ -1,0 +1,1 @@
+"""Serving TLS: certificate decisions and the manager that keeps the TLS Secret."""

@@ -1,0 +1,1 @@
+"""The token service: callers' identities, authorization, minting, issuer documents."""

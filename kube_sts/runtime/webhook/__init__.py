@@ -1,0 +1,1 @@
+"""The admission webhook: the review route and the Pod injection it applies."""
