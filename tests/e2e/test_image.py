@@ -3,12 +3,14 @@ package; the Dockerfile builds from a pinned base and a hash-checked lock file t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import pathlib
 import re
 import subprocess
 import sys
 import tomllib
+from typing import Any
 
 import jsonpatch
 import yaml
@@ -39,24 +41,50 @@ def commands_of(pod_spec: dict[str, object]) -> list[list[str]]:
     return found
 
 
-def test_manifest_and_patch_commands_exist(tmp_path: pathlib.Path) -> None:
+def render(tmp_path: pathlib.Path, values: pathlib.Path = ROOT / "examples" / "aws" / "values.yaml") -> Rendered:
+    """The Deployment's Pod spec and the runtime config of ``sts-compile values``, and the Pod specs
+    the webhook makes of a plain Pod (native sidecar and init container plus sidecar)."""
     out = tmp_path / "out"
-    values = ROOT / "examples" / "aws" / "values.yaml"
     subprocess.run([sys.executable, "-m", "kube_sts.compiler.cli", "--output-dir", str(out), str(values)], check=True)
-    commands: list[list[str]] = []
+    pod_spec: dict[str, Any] | None = None
     runtime = None
     for manifest in sorted(out.glob("*.yaml")):
         for document in yaml.safe_load_all(manifest.read_text()):
             if isinstance(document, dict) and document.get("kind") == "Deployment":
-                commands += commands_of(document["spec"]["template"]["spec"])
+                pod_spec = document["spec"]["template"]["spec"]
             if isinstance(document, dict) and document.get("kind") == "ConfigMap":
                 runtime = config.RuntimeConfig.model_validate_json(document["data"]["config.json"])
-    assert runtime is not None and commands
+    assert runtime is not None and pod_spec is not None
+    injected = []
     for native in (True, False):
         rt = runtime.model_copy(update={"native_sidecars": native})
         pod = seed_pod()
-        patched = jsonpatch.apply_patch(pod, injection.patch(rt, rt.endpoints, pod, CA).operations)
-        commands += commands_of(patched["spec"])
+        injected.append(jsonpatch.apply_patch(pod, injection.patch(rt, rt.endpoints, pod, CA).operations)["spec"])
+    return Rendered(deployment=pod_spec, runtime=runtime, injected=injected)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    deployment: dict[str, Any]
+    runtime: config.RuntimeConfig
+    injected: list[dict[str, Any]]
+
+    def commands(self) -> list[list[str]]:
+        """Every command the Deployment and the injected Pods run (containers and exec probes)."""
+        found = commands_of(self.deployment)
+        for spec in self.injected:
+            found += commands_of(spec)
+        return found
+
+
+def options_used_exist(command: list[str], helptext: str) -> set[str]:
+    """The options ``command`` passes that its ``--help`` does not list."""
+    options = set(re.findall(r"--[a-z][a-z-]*", helptext))
+    return {arg for arg in command[1:] if arg.startswith("--")} - options
+
+
+def test_manifest_and_patch_commands_exist(tmp_path: pathlib.Path) -> None:
+    commands = render(tmp_path).commands()
     scripts = {e.name: e for e in importlib.metadata.entry_points(group="console_scripts")}
     assert {"kube-sts-server", "kube-sts-sidecar"} <= {c[0] for c in commands}
     bin_dir = pathlib.Path(sys.executable).parent
@@ -66,9 +94,7 @@ def test_manifest_and_patch_commands_exist(tmp_path: pathlib.Path) -> None:
         helptext = subprocess.run(
             [str(bin_dir / command[0]), "--help"], check=True, capture_output=True, text=True, timeout=60
         ).stdout
-        options = set(re.findall(r"--[a-z][a-z-]*", helptext))
-        used = {arg for arg in command[1:] if arg.startswith("--")}
-        assert used <= options, (command[0], used - options)
+        assert not options_used_exist(command, helptext), command
 
 
 def stages(text: str) -> list[str]:
