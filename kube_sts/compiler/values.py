@@ -207,6 +207,13 @@ class Sts(config.Model):
     """Container image: a mapping, or a reference string `repository[:tag][@digest]` (OpenUnison's
     spelling). OpenUnison's own sidecar image (`.../openunison-cli`, the default of its chart) is
     ignored with a note: kube-sts replaces that sidecar."""
+    sidecar_image: (
+        Annotated[Image, pydantic.BeforeValidator(_image_string, json_schema_input_type=str | Image)] | None
+    ) = None
+    """Image of the injected sidecars, only to run a different one than the runtime's. Unset (the
+    default), the sidecars run the runtime's own image as its Pod holds it, so an override by
+    kustomize (`images:`), Argo CD or `kubectl set image` reaches them too; set, it is frozen into
+    the ConfigMap and such overrides no longer reach the sidecars."""
     replicas: Annotated[int, Field(ge=1, le=20)] = 2
     """Replicas of the token service; at least 2 keeps the fail-closed webhook available. One
     replica is refused while the webhook fails closed (`webhook.failurePolicy: Fail`): a node drain
@@ -401,7 +408,7 @@ def runtime_config(sts: Sts) -> config.RuntimeConfig:
         api_audiences=tuple(sts.api_audiences),
         sts_audience=sts.sts_audience,
         native_sidecars=sts.native_sidecars,
-        sidecar_image=image_reference(sts.image),
+        sidecar_image=image_reference(sts.sidecar_image) if sts.sidecar_image is not None else None,
         sidecar_resources=sts.resources.sidecar.as_dict(),
         webhook_configurations=sts.webhook_configurations() if sts.webhook.certificates.mode == "runtime" else (),
         tls=config.TLS(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import ssl
 import sys
@@ -195,6 +196,30 @@ def build(
     return app
 
 
+def resolve_sidecar_image(
+    runtime: config.RuntimeConfig, kube: kubeapi.KubeAPI, environ: Mapping[str, str]
+) -> config.RuntimeConfig:
+    """``runtime`` with its sidecar image set: the configured one, else the image of the runtime's
+    own container, read from its own Pod (``POD_NAME``/``POD_NAMESPACE``, downward API).
+
+    The Pod's spec is what kustomize ``images:``, Argo CD's image overrides and ``kubectl set image``
+    rewrite (through the Deployment's template), so the sidecars follow every override; an
+    environment variable rendered from the same value would not (those tools rewrite only
+    ``image:`` fields). It needs no permission beyond the ``get`` on pods the runtime already has.
+    """
+    if runtime.sidecar_image is not None:
+        return runtime
+    name, namespace = environ.get(config.POD_NAME_ENV), environ.get(config.POD_NAMESPACE_ENV)
+    if not name or not namespace:
+        raise ValueError(
+            f"sidecarImage is not set and {config.POD_NAME_ENV}/{config.POD_NAMESPACE_ENV} are not in the "
+            "environment, so the runtime cannot read its own image from its Pod"
+        )
+    image = kube.container_image(namespace, name, config.RUNTIME_CONTAINER)
+    log.info("sidecar image %s (container %s of Pod %s/%s)", image, config.RUNTIME_CONTAINER, namespace, name)
+    return runtime.model_copy(update={"sidecar_image": image})
+
+
 def uvicorn_server(
     app: App,
     *,
@@ -259,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kube = kubeapi.KubeAPI.from_environment()
     except kubernetes.config.ConfigException as exc:
         print(f"kube-sts-server: no in-cluster credentials and no kubeconfig: {exc}", file=sys.stderr)
+        return 1
+    try:
+        runtime = resolve_sidecar_image(runtime, kube, os.environ)
+    except (ValueError, kubeapi.APIError) as exc:
+        print(f"kube-sts-server: no sidecar image: {config.one_line(exc)}", file=sys.stderr)
         return 1
     # The serving certificate: from the mounted files (cert-manager) or from the TLS Secret the
     # runtime keeps itself. The manager's context hands every new handshake the newest certificate,

@@ -333,6 +333,15 @@ class KubeAPI:
             raise APIError(200, "BadResponse", f"expected PartialObjectMetadata, got {answer.get('kind')!r}")
         return ObjectMeta.of(answer.get("metadata") or {})
 
+    def container_image(self, namespace: str, name: str, container: str) -> str:
+        """The ``image`` of one container of the Pod's spec (``get`` on pods, as ``pod_metadata``)."""
+        pod = self.request("GET", f"/api/v1/namespaces/{_quote(namespace)}/pods/{_quote(name)}")
+        for entry in (pod.get("spec") or {}).get("containers") or ():
+            if entry.get("name") == container and isinstance(entry.get("image"), str) and entry["image"]:
+                image: str = entry["image"]
+                return image
+        raise APIError(200, "BadResponse", f"Pod {namespace}/{name} has no container {container!r} with an image")
+
     def service_account_metadata(self, namespace: str, name: str) -> ObjectMeta:
         """The ServiceAccount's metadata only (its annotations bind a role); needs ``get`` on serviceaccounts."""
         answer = self.request(
