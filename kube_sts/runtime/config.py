@@ -91,7 +91,9 @@ KEYS_DIR = f"{CONFIG_DIR}/keys"
 KEYSET_FILE = "keyset.json"
 """The data key of a key-set Secret, and its file name where it is mounted."""
 TLS_DIR = f"{CONFIG_DIR}/tls"
-TLS_FILES = ("tls.crt", "tls.key", "ca.crt")
+TLS_CA_FILE = "ca.crt"
+"""The TLS Secret's key of the CA certificate that signs the serving certificate."""
+TLS_FILES = ("tls.crt", "tls.key", TLS_CA_FILE)
 """The TLS Secret's data keys mounted into ``TLS_DIR`` (never ``ca.key``)."""
 RUN_AS_UID = 65532
 """The image's ``nonroot`` user and group (Dockerfile); the runtime and the injected sidecar run as it."""

@@ -70,6 +70,7 @@ def test_apply_order(example: str) -> None:
             pod = obj["spec"]["template"]["spec"]
             needs.append(("ServiceAccount", pod["serviceAccountName"]))
             needs += [("ConfigMap", v["configMap"]["name"]) for v in pod["volumes"] if "configMap" in v]
+            needs.append(("PriorityClass", pod["priorityClassName"]))  # a Pod of a missing class is refused
         if kind in {"Certificate", "Issuer"} and "issuerRef" in obj.get("spec", {}):
             needs.append(("Issuer", obj["spec"]["issuerRef"]["name"]))
         if kind == "MutatingWebhookConfiguration":
