@@ -1,17 +1,19 @@
-"""GitOps tools on the compiled output: a kustomize ``images:`` override of the runtime's image
-reaches the sidecars the webhook injects (the runtime reads its own Pod's spec), through a real
+"""GitOps tools on the compiled output: a replace that wipes the caBundle is undone at once;
+a kustomize ``images:`` override of the runtime's image reaches the sidecars the webhook injects (the runtime reads its own Pod's spec), through a real
 ``kubectl kustomize`` and the real API server."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
+from kube_sts.runtime.tls import manager as tlsmanager
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import SIDECAR, create, named
 from tests.webhook.test_injection import seed_pod
@@ -65,3 +67,21 @@ def test_kustomize_image_override_reaches_the_injected_sidecar(
         runtime.stop()
     [sidecar] = [c for c in stored["spec"]["initContainers"] if c["name"] == SIDECAR]
     assert sidecar["image"] == f"{MIRROR}@{DIGEST}"
+
+
+def test_a_replace_that_wipes_the_ca_bundle_is_undone_within_seconds(runtime: deployment.Runtime) -> None:
+    """``kubectl replace`` of the compiled configuration (what a GitOps sync without
+    ``ignoreDifferences`` does) empties the caBundle; the runtime's watch restores it."""
+    plane = runtime.deployment.plane
+    [served] = set(runtime.ca_bundles())
+    [compiled] = [d for d in runtime.deployment.documents if d["kind"] == "MutatingWebhookConfiguration"]
+    assert all("caBundle" not in hook["clientConfig"] for hook in compiled["webhooks"])
+    plane.kubectl("replace", "-f", "-", input=json.dumps(compiled))
+    wiped = time.monotonic()
+    waited = 0.0
+    while set(runtime.ca_bundles()) != {served}:
+        waited = time.monotonic() - wiped
+        # the periodic resync would take up to RESYNC_INTERVAL (300 s); the watch takes moments
+        assert waited < tlsmanager.RESYNC_INTERVAL / 10, runtime.log.read_text()[-3000:]
+        time.sleep(0.2)
+    print(f"caBundle restored {time.monotonic() - wiped:.2f} s after the replace")
