@@ -1,6 +1,6 @@
-"""GitOps tools on the compiled output: a replace that wipes the caBundle is undone at once;
-a kustomize ``images:`` override of the runtime's image reaches the sidecars the webhook injects (the runtime reads its own Pod's spec), through a real
-``kubectl kustomize`` and the real API server."""
+"""GitOps tools on the compiled output, through a real ``kubectl kustomize`` and the real API
+server: a kustomize ``images:`` override of the runtime's image reaches the sidecars the webhook
+injects (the runtime reads its own Pod's spec); a replace that wipes the caBundle is undone at once."""
 
 from __future__ import annotations
 
