@@ -52,6 +52,7 @@ import uvicorn
 
 from kube_sts.runtime import config
 from kube_sts.runtime.http import limits, messages, metrics, router, transport
+from kube_sts.runtime.keys import keyset
 from kube_sts.runtime.keys import manager as keymanager
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.kube import guard
@@ -193,7 +194,66 @@ def build(
     app.on_shutdown.append(tls.stop)
     app.readiness_checks.append(tls.status)
     webhook.add_routes(app, runtime, tls.ca_bundle, app.account_annotations)
+    add_state_metrics(app.registry, keys, tls)
     return app
+
+
+def add_state_metrics(registry: metrics.Registry, keys: keymanager.KeyManager, tls: tlsmanager.TLSManager) -> None:
+    """Gauges of the key sets and the serving certificate, read at every scrape (what operators alert on)."""
+
+    def signing_age() -> list[tuple[tuple[str, ...], float]]:
+        found: list[tuple[tuple[str, ...], float]] = []
+        for name, provider in keys.providers.items():
+            try:
+                key = provider.signing_key()
+            except keyset.KeySetError:
+                continue
+            found.append(((name,), float(provider.now() - key.created)))
+        return found
+
+    registry.gauge(
+        "kube_sts_signing_key_age_seconds",
+        "Age of the key that signs now, by endpoint (absent while no key can sign)",
+        ("endpoint",),
+        signing_age,
+    )
+    registry.gauge(
+        "kube_sts_signing_key_available",
+        "1 when a key can sign now, 0 when tokens are refused (no_signing_key)",
+        ("endpoint",),
+        lambda: [((name,), float(_signs(provider))) for name, provider in keys.providers.items()],
+    )
+    registry.gauge(
+        "kube_sts_keys_published",
+        "Public keys the issuer documents (JWKS) publish, by endpoint",
+        ("endpoint",),
+        lambda: [((name,), float(len(provider.published()))) for name, provider in keys.providers.items()],
+    )
+    registry.gauge(
+        "kube_sts_keys_waiting_for_publication",
+        "Keys held back from signing until the issuer's public JWKS serves them (waitForPublication)",
+        ("endpoint",),
+        lambda: [((name,), float(len(provider.held()))) for name, provider in keys.providers.items()],
+    )
+
+    def expiry() -> list[tuple[tuple[str, ...], float]]:
+        certificate = tls.serving.certificate()
+        return [] if certificate is None else [((), certificate.not_valid_after_utc.timestamp())]
+
+    registry.gauge(
+        "kube_sts_tls_certificate_expiry_timestamp_seconds",
+        "When the served TLS certificate expires (epoch seconds)",
+        (),
+        expiry,
+    )
+
+
+def _signs(provider: keymanager.KeyProvider) -> bool:
+    try:
+        provider.signing_key()
+    except keyset.KeySetError:
+        return False
+    return True
 
 
 def resolve_sidecar_image(
