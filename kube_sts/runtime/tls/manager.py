@@ -449,7 +449,8 @@ class SecretManager:
                     if stopped.is_set():
                         return
                     if event.get("type") == "ERROR":
-                        break  # e.g. 410 Gone: start a new watch
+                        stopped.wait(WATCH_RETRY)  # e.g. 410 Gone: a new watch, without spinning
+                        break
                     bundle = self.bundle
                     if event.get("type") in {"ADDED", "MODIFIED"} and bundle is not None:
                         wanted = base64.b64encode(bundle.ca_pem()).decode("ascii")
