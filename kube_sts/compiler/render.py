@@ -99,6 +99,8 @@ def objects(model: values.Values) -> list[dict[str, Any]]:
         },
         "readable_secrets": readable,
         "writable_secrets": writable,
+        "tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in sts.tolerations],
+        "pull_secrets": [{"name": name} for name in sts.image_pull_secrets],
     }
     injected = [e for e in sts.endpoints if e.injector is not None]
     plan: list[tuple[str, dict[str, Any]]] = [
@@ -111,6 +113,8 @@ def objects(model: values.Values) -> list[dict[str, Any]]:
     ]
     if runtime_tls and injected:
         plan += [("webhook-clusterrole.yaml.j2", {}), ("webhook-clusterrolebinding.yaml.j2", {})]
+    if sts.priority_class_name is None:
+        plan.append(("priorityclass.yaml.j2", {}))
     plan.append(("configmap.yaml.j2", {}))
     if not runtime_tls:
         plan += [
@@ -125,6 +129,8 @@ def objects(model: values.Values) -> list[dict[str, Any]]:
         ("poddisruptionbudget.yaml.j2", {}),
         ("networkpolicy.yaml.j2", {"fetches_issuer": any(e.issuer.keys.wait_for_publication for e in sts.endpoints)}),
     ]
+    if sts.service_monitor.enabled:
+        plan.append(("servicemonitor.yaml.j2", {}))
     annotations = {} if runtime_tls else {"cert-manager.io/inject-ca-from": f"{sts.namespace}/{sts.tls_secret}"}
     plan += [
         ("mutatingwebhookconfiguration.yaml.j2", {"endpoint": e, "webhook_annotations": annotations}) for e in injected
@@ -136,5 +142,19 @@ def objects(model: values.Values) -> list[dict[str, Any]]:
     rendered: list[dict[str, Any]] = []
     for name, extra in plan:
         document = env.get_template(name).render(**context, **extra)
-        rendered.append(yaml.load(document, Loader=loader))  # noqa: S506 - a safe loader
+        rendered.append(_site(sts, yaml.load(document, Loader=loader)))  # noqa: S506 - a safe loader
     return rendered
+
+
+def _site(sts: values.Sts, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``commonLabels`` and ``commonAnnotations``, also on a Pod template; kube-sts's own
+    labels and annotations win, selectors are left alone (immutable, and they must keep matching)."""
+    metadatas = [obj["metadata"]]
+    if obj["kind"] == "Deployment":
+        metadatas.append(obj["spec"]["template"]["metadata"])
+    for metadata in metadatas:
+        if sts.common_labels:
+            metadata["labels"] = {**sts.common_labels, **(metadata.get("labels") or {})}
+        if sts.common_annotations:
+            metadata["annotations"] = {**sts.common_annotations, **(metadata.get("annotations") or {})}
+    return obj

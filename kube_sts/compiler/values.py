@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import Field
@@ -187,6 +187,61 @@ class NetworkPolicy(config.Model):
     the default is any address."""
 
 
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+
+def _qualified_name(value: str) -> str:
+    prefix, _, name = value.rpartition("/")
+    if not _QUALIFIED_NAME.match(value) or len(name) > 63 or len(prefix) > 253:
+        raise ValueError(f"{value!r} is not a label or annotation key ([prefix/]name, name at most 63 characters)")
+    return value
+
+
+QualifiedName = Annotated[str, pydantic.AfterValidator(_qualified_name)]
+LabelValue = Annotated[
+    str, Field(max_length=63), pydantic.AfterValidator(lambda v: _match(_LABEL_VALUE, v, "a label value"))
+]
+
+
+class Toleration(config.Model):
+    """A Pod toleration (Kubernetes' own fields)."""
+
+    key: QualifiedName | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: LabelValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ServiceMonitor(config.Model):
+    """A Prometheus Operator `ServiceMonitor` (`monitoring.coreos.com/v1`) for `/metrics`."""
+
+    enabled: bool = False
+    """Render it (the Prometheus Operator's CRDs must be installed)."""
+    interval: Annotated[str, pydantic.AfterValidator(lambda v: _match(_INTERVAL, v, "a duration such as '30s'"))] = (
+        "30s"
+    )
+    """Scrape interval."""
+    labels: dict[QualifiedName, LabelValue] = Field(default_factory=dict)
+    """Labels of the ServiceMonitor, e.g. the `release` label your Prometheus selects."""
+
+
+_INTERVAL = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+OUR_LABELS = frozenset(
+    {
+        config.NAME_LABEL,
+        config.INSTANCE_LABEL,
+        config.VERSION_LABEL,
+        config.COMPONENT_LABEL,
+        config.PART_OF_LABEL,
+        config.MANAGED_BY_LABEL,
+    }
+)
+
+
 class Sts(config.Model):
     """The `sts:` section."""
 
@@ -207,12 +262,44 @@ class Sts(config.Model):
     """Container image: a mapping, or a reference string `repository[:tag][@digest]` (OpenUnison's
     spelling). OpenUnison's own sidecar image (`.../openunison-cli`, the default of its chart) is
     ignored with a note: kube-sts replaces that sidecar."""
+    sidecar_image: (
+        Annotated[Image, pydantic.BeforeValidator(_image_string, json_schema_input_type=str | Image)] | None
+    ) = None
+    """Image of the injected sidecars, only to run a different one than the runtime's. Unset (the
+    default), the sidecars run the runtime's own image as its Pod holds it, so an override by
+    kustomize (`images:`), Argo CD or `kubectl set image` reaches them too; set, it is frozen into
+    the ConfigMap and such overrides no longer reach the sidecars."""
     replicas: Annotated[int, Field(ge=1, le=20)] = 2
     """Replicas of the token service; at least 2 keeps the fail-closed webhook available. One
     replica is refused while the webhook fails closed (`webhook.failurePolicy: Fail`): a node drain
     would evict it and labelled Pods would be refused until it is back."""
     resources: Resources = Resources()
     """Container resources."""
+    node_selector: dict[QualifiedName, LabelValue] = Field(default_factory=dict)
+    """`nodeSelector` of the token service's Pods."""
+    tolerations: tuple[Toleration, ...] = ()
+    """`tolerations` of the token service's Pods."""
+    affinity: dict[str, Any] | None = None
+    """`affinity` of the token service's Pods (Kubernetes' own schema), replacing the default: a
+    preferred anti-affinity that spreads the replicas over nodes."""
+    priority_class_name: Annotated[str, Field(max_length=253)] | None = None
+    """`priorityClassName` of the token service's Pods. Unset: a PriorityClass `<name>-webhook`
+    (value 1000000, above every workload at the default 0) is rendered and used, so a full node
+    preempts ordinary Pods rather than leaving the fail-closed webhook unscheduled (while it is
+    down, labelled Pods are refused). Not `system-cluster-critical`: many clusters (GKE among them)
+    allow the `system-*` classes only in `kube-system` through their ResourceQuota admission
+    configuration. A name: that existing class, nothing rendered; `""`: no priority class."""
+    image_pull_secrets: tuple[config.SecretName, ...] = ()
+    """`imagePullSecrets` of the token service's Pods (Secrets in its namespace). The injected
+    sidecars run in the application's Pod and pull with that Pod's own secrets (or its node's
+    credentials): a private registry must be pullable there too."""
+    common_labels: dict[QualifiedName, LabelValue] = Field(default_factory=dict)
+    """Labels added to every rendered object and to the token service's Pods (never to selectors,
+    which are immutable); the `app.kubernetes.io/*` labels kube-sts sets cannot be replaced."""
+    common_annotations: dict[QualifiedName, str] = Field(default_factory=dict)
+    """Annotations added to every rendered object and to the token service's Pods."""
+    service_monitor: ServiceMonitor = ServiceMonitor()
+    """Optional Prometheus Operator ServiceMonitor for `/metrics` (off by default)."""
     webhook: Webhook = Webhook()
     """Admission webhook settings."""
     api_audiences: tuple[Annotated[str, Field(min_length=1)], ...] = ()
@@ -232,6 +319,21 @@ class Sts(config.Model):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @pydantic.field_validator("common_labels")
+    @classmethod
+    def _not_ours(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = sorted(OUR_LABELS & set(value))
+        if taken:
+            raise ValueError(f"kube-sts sets {', '.join(taken)} itself (its selectors rely on them)")
+        return value
+
+    @property
+    def priority_class(self) -> str | None:
+        """The priorityClassName of the Pods, or None."""
+        if self.priority_class_name is None:
+            return f"{self.name}-webhook"
+        return self.priority_class_name or None
 
     @property
     def native_sidecars(self) -> bool:
@@ -401,7 +503,7 @@ def runtime_config(sts: Sts) -> config.RuntimeConfig:
         api_audiences=tuple(sts.api_audiences),
         sts_audience=sts.sts_audience,
         native_sidecars=sts.native_sidecars,
-        sidecar_image=image_reference(sts.image),
+        sidecar_image=image_reference(sts.sidecar_image) if sts.sidecar_image is not None else None,
         sidecar_resources=sts.resources.sidecar.as_dict(),
         webhook_configurations=sts.webhook_configurations() if sts.webhook.certificates.mode == "runtime" else (),
         tls=config.TLS(

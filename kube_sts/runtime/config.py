@@ -92,11 +92,18 @@ KEYS_DIR = f"{CONFIG_DIR}/keys"
 KEYSET_FILE = "keyset.json"
 """The data key of a key-set Secret, and its file name where it is mounted."""
 TLS_DIR = f"{CONFIG_DIR}/tls"
-TLS_FILES = ("tls.crt", "tls.key", "ca.crt")
+TLS_CA_FILE = "ca.crt"
+"""The TLS Secret's key of the CA certificate that signs the serving certificate."""
+TLS_FILES = ("tls.crt", "tls.key", TLS_CA_FILE)
 """The TLS Secret's data keys mounted into ``TLS_DIR`` (never ``ca.key``)."""
 RUN_AS_UID = 65532
 """The image's ``nonroot`` user and group (Dockerfile); the runtime and the injected sidecar run as it."""
 SERVER_COMMAND = ("kube-sts-server", "--config", CONFIG_PATH)
+RUNTIME_CONTAINER = "kube-sts"
+"""Name of the runtime's container in its Pod: the sidecar image follows this container's image."""
+POD_NAME_ENV = "POD_NAME"
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
+"""The runtime's own Pod (downward API): it reads that Pod's spec for the sidecar image."""
 SERVICE_PORT = 443
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -824,7 +831,10 @@ class RuntimeConfig(Model):
     port: int = 8443
     native_sidecars: bool = True
     """Inject the sidecar as a native sidecar (Kubernetes 1.29+)."""
-    sidecar_image: str
+    sidecar_image: str | None = None
+    """Image of the injected sidecars. Unset (the default): the image of the runtime's own
+    container (`RUNTIME_CONTAINER`), read from its Pod at start, so an image override by kustomize
+    (`images:`) or Argo CD, which rewrites only the Deployment's `image:` field, reaches the sidecars too."""
     sidecar_resources: dict[str, dict[str, str]]
     webhook_configurations: tuple[str, ...] = ()
     """Names of our MutatingWebhookConfigurations (kept current in `runtime` TLS mode)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import ssl
 import sys
@@ -51,6 +52,7 @@ import uvicorn
 
 from kube_sts.runtime import config
 from kube_sts.runtime.http import limits, messages, metrics, router, transport
+from kube_sts.runtime.keys import keyset
 from kube_sts.runtime.keys import manager as keymanager
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.kube import guard
@@ -192,7 +194,90 @@ def build(
     app.on_shutdown.append(tls.stop)
     app.readiness_checks.append(tls.status)
     webhook.add_routes(app, runtime, tls.ca_bundle, app.account_annotations)
+    add_state_metrics(app.registry, keys, tls)
     return app
+
+
+def add_state_metrics(registry: metrics.Registry, keys: keymanager.KeyManager, tls: tlsmanager.TLSManager) -> None:
+    """Gauges of the key sets and the serving certificate, read at every scrape (what operators alert on)."""
+
+    def signing_age() -> list[tuple[tuple[str, ...], float]]:
+        found: list[tuple[tuple[str, ...], float]] = []
+        for name, provider in keys.providers.items():
+            try:
+                key = provider.signing_key()
+            except keyset.KeySetError:
+                continue
+            found.append(((name,), float(provider.now() - key.created)))
+        return found
+
+    registry.gauge(
+        "kube_sts_signing_key_age_seconds",
+        "Age of the key that signs now, by endpoint (absent while no key can sign)",
+        ("endpoint",),
+        signing_age,
+    )
+    registry.gauge(
+        "kube_sts_signing_key_available",
+        "1 when a key can sign now, 0 when tokens are refused (no_signing_key)",
+        ("endpoint",),
+        lambda: [((name,), float(_signs(provider))) for name, provider in keys.providers.items()],
+    )
+    registry.gauge(
+        "kube_sts_keys_published",
+        "Public keys the issuer documents (JWKS) publish, by endpoint",
+        ("endpoint",),
+        lambda: [((name,), float(len(provider.published()))) for name, provider in keys.providers.items()],
+    )
+    registry.gauge(
+        "kube_sts_keys_waiting_for_publication",
+        "Keys held back from signing until the issuer's public JWKS serves them (waitForPublication)",
+        ("endpoint",),
+        lambda: [((name,), float(len(provider.held()))) for name, provider in keys.providers.items()],
+    )
+
+    def expiry() -> list[tuple[tuple[str, ...], float]]:
+        certificate = tls.serving.certificate()
+        return [] if certificate is None else [((), certificate.not_valid_after_utc.timestamp())]
+
+    registry.gauge(
+        "kube_sts_tls_certificate_expiry_timestamp_seconds",
+        "When the served TLS certificate expires (epoch seconds)",
+        (),
+        expiry,
+    )
+
+
+def _signs(provider: keymanager.KeyProvider) -> bool:
+    try:
+        provider.signing_key()
+    except keyset.KeySetError:
+        return False
+    return True
+
+
+def resolve_sidecar_image(
+    runtime: config.RuntimeConfig, kube: kubeapi.KubeAPI, environ: Mapping[str, str]
+) -> config.RuntimeConfig:
+    """``runtime`` with its sidecar image set: the configured one, else the image of the runtime's
+    own container, read from its own Pod (``POD_NAME``/``POD_NAMESPACE``, downward API).
+
+    The Pod's spec is what kustomize ``images:``, Argo CD's image overrides and ``kubectl set image``
+    rewrite (through the Deployment's template), so the sidecars follow every override; an
+    environment variable rendered from the same value would not (those tools rewrite only
+    ``image:`` fields). It needs no permission beyond the ``get`` on pods the runtime already has.
+    """
+    if runtime.sidecar_image is not None:
+        return runtime
+    name, namespace = environ.get(config.POD_NAME_ENV), environ.get(config.POD_NAMESPACE_ENV)
+    if not name or not namespace:
+        raise ValueError(
+            f"sidecarImage is not set and {config.POD_NAME_ENV}/{config.POD_NAMESPACE_ENV} are not in the "
+            "environment, so the runtime cannot read its own image from its Pod"
+        )
+    image = kube.container_image(namespace, name, config.RUNTIME_CONTAINER)
+    log.info("sidecar image %s (container %s of Pod %s/%s)", image, config.RUNTIME_CONTAINER, namespace, name)
+    return runtime.model_copy(update={"sidecar_image": image})
 
 
 def uvicorn_server(
@@ -259,6 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kube = kubeapi.KubeAPI.from_environment()
     except kubernetes.config.ConfigException as exc:
         print(f"kube-sts-server: no in-cluster credentials and no kubeconfig: {exc}", file=sys.stderr)
+        return 1
+    try:
+        runtime = resolve_sidecar_image(runtime, kube, os.environ)
+    except (ValueError, kubeapi.APIError) as exc:
+        print(f"kube-sts-server: no sidecar image: {config.one_line(exc)}", file=sys.stderr)
         return 1
     # The serving certificate: from the mounted files (cert-manager) or from the TLS Secret the
     # runtime keeps itself. The manager's context hands every new handshake the newest certificate,

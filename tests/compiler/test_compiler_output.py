@@ -70,6 +70,7 @@ def test_apply_order(example: str) -> None:
             pod = obj["spec"]["template"]["spec"]
             needs.append(("ServiceAccount", pod["serviceAccountName"]))
             needs += [("ConfigMap", v["configMap"]["name"]) for v in pod["volumes"] if "configMap" in v]
+            needs.append(("PriorityClass", pod["priorityClassName"]))  # a Pod of a missing class is refused
         if kind in {"Certificate", "Issuer"} and "issuerRef" in obj.get("spec", {}):
             needs.append(("Issuer", obj["spec"]["issuerRef"]["name"]))
         if kind == "MutatingWebhookConfiguration":
@@ -132,7 +133,8 @@ def test_seed_example_renders_the_contracts() -> None:
         "apiGroups": ["admissionregistration.k8s.io"],
         "resources": ["mutatingwebhookconfigurations"],
         "resourceNames": ["kube-sts-aws"],
-        "verbs": ["get", "patch", "update"],
+        # list and watch: the caBundle watch (resourceNames bind them only with the name's fieldSelector)
+        "verbs": ["get", "list", "watch", "patch", "update"],
     } in cluster_rules
     role_rules = by_kind["Role"][0]["rules"]
     assert role_rules[0]["resourceNames"] == ["unison-saml2-rp-sig", "kube-sts-tls"]

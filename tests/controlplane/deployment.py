@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import http.client
 import json
 import os
@@ -85,7 +86,19 @@ class Deployment:
         token = self.plane.token(self.namespace, account, cluster.API_AUDIENCE, seconds=24 * 3600)
         kubeconfig = self.plane.kubeconfig_for(f"runtime-{directory.name}", token)
         host, port = self.service_address() if at_cluster_ip else ("127.0.0.1", harness.free_port())
-        return Runtime(self, directory, kubeconfig, host, port)
+        return Runtime(self, directory, kubeconfig, host, port, pod=self.runtime_pod(directory.name))
+
+    def runtime_pod(self, suffix: str) -> str:
+        """A Pod of the stored Deployment's template (no controller makes it, no kubelet runs it):
+        the runtime process stands for it (``POD_NAME``) and reads its own image from it."""
+        stored = self.plane.get("deployment", self.one("Deployment")["metadata"]["name"], self.namespace)
+        assert stored is not None
+        template = stored["spec"]["template"]
+        name = f"{stored['metadata']['name']}-{hashlib.sha256(suffix.encode()).hexdigest()[:10]}"
+        if self.plane.get("pod", name, self.namespace) is None:
+            metadata = {**template["metadata"], "name": name, "namespace": self.namespace}
+            self.plane.apply({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})
+        return name
 
 
 class Runtime:
@@ -98,6 +111,8 @@ class Runtime:
         kubeconfig: pathlib.Path,
         host: str,
         port: int,
+        *,
+        pod: str,
     ) -> None:
         self.deployment = deployment
         self.directory = directory
@@ -118,6 +133,8 @@ class Runtime:
         self.service_name = f"{deployment.one('Service')['metadata']['name']}.{deployment.namespace}.svc"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AWS_"))}
         self.env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
+        self.env.update({"POD_NAME": pod, "POD_NAMESPACE": deployment.namespace})
+        self.pod = pod
         self.process: subprocess.Popen[bytes] | None = None
         self.base = f"https://{host}:{port}"
 

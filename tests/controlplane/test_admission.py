@@ -10,7 +10,8 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from kube_sts.runtime import config
+from kube_sts.runtime import config, server
+from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.webhook import injection
 from tests.controlplane import cluster, deployment
 from tests.webhook.test_injection import CA, ROLE, seed_pod
@@ -148,12 +149,16 @@ def test_webhook_down_refuses_labelled_pods_and_admits_others(runtime: deploymen
 
 
 def test_a_pod_injected_with_a_token_path_is_valid_to_the_api_server(
-    runtime: deployment.Runtime, namespace: str
+    runtime: deployment.Runtime, namespace: str, runtime_kube: kubeapi.KubeAPI
 ) -> None:
     """The patch for an endpoint with OpenUnison's token path (``/tokens/token.jwt``), applied with
     jsonpatch, is a Pod the real API server stores as it is (the compiled webhook, seeing the
     marker, adds nothing more)."""
-    stored_config = config.RuntimeConfig.model_validate(runtime.config)
+    # the sidecar image as the runtime resolves it: from its own Pod, as its ServiceAccount
+    environ = {config.POD_NAME_ENV: runtime.pod, config.POD_NAMESPACE_ENV: runtime.deployment.namespace}
+    stored_config = server.resolve_sidecar_image(
+        config.RuntimeConfig.model_validate(runtime.config), runtime_kube, environ
+    )
     [endpoint] = stored_config.endpoints
     document = endpoint.model_dump(by_alias=True)
     document["injector"]["tokenPath"] = "/tokens/token.jwt"

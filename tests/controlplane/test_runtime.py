@@ -35,6 +35,9 @@ def test_rendered_rbac_grants_what_the_runtime_needs_and_nothing_more(deployed: 
         ("update", f"secrets/{tls_secret}", "--namespace=kube-sts"),
         ("get", "mutatingwebhookconfigurations.admissionregistration.k8s.io/kube-sts-aws"),
         ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/kube-sts-aws"),
+        # its own configurations' changes (a wiped caBundle), watched by name (fieldSelector)
+        ("watch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/kube-sts-aws"),
+        ("list", "mutatingwebhookconfigurations.admissionregistration.k8s.io/kube-sts-aws"),
     ]
     for check in needed:
         assert _can(plane, *check), check
@@ -55,6 +58,10 @@ def test_rendered_rbac_grants_what_the_runtime_needs_and_nothing_more(deployed: 
         ("create", "serviceaccounts", "--namespace=myns"),
         ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses"),
         ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+        ("list", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),  # all of them
+        ("watch", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+        ("watch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses"),
+        ("list", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
         ("delete", f"secrets/{keypair}", "--namespace=kube-sts"),
         ("get", "configmaps", "--namespace=kube-system"),
     ]

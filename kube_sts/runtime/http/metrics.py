@@ -2,21 +2,22 @@
 
 The official client keeps the values (thread-safe, so threads and the event loop may both
 record; cumulative ``le`` buckets, ``_sum`` and ``_count``) and collects them. This module is its
-narrow face: counters and histograms with positional labels, a registry per process (or per test)
-instead of the client's process-wide default one, and no ``_created`` series. ``render`` writes
-the collected samples in the text exposition format (version 0.0.4) exactly as the runtime always
-has, whole numbers without a fraction (``... 1``, where the client's own writer says ``1.0``), so
-dashboards, alerts and line-matching scrapers see the same bytes.
+narrow face: counters and histograms with positional labels, gauges read at scrape time, a
+registry per process (or per test) instead of the client's process-wide default one, and no
+``_created`` series. ``render`` writes the collected samples in the text exposition format
+(version 0.0.4) exactly as the runtime always has, whole numbers without a fraction (``... 1``,
+where the client's own writer says ``1.0``), so dashboards, alerts and line-matching scrapers see the same bytes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
 
-__all__ = ["CONTENT_TYPE", "Counter", "Histogram", "Registry"]
+__all__ = ["CONTENT_TYPE", "Counter", "Histogram", "Registry", "Samples"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -103,6 +104,23 @@ class Histogram(_Metric):
         return int(self._sample("_count", labels) or 0)
 
 
+Samples = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
+"""A gauge's current values, read at scrape time: (label values, value) pairs."""
+
+
+class _GaugeCollector:
+    """A gauge whose values are read from the running parts when ``/metrics`` is scraped."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], samples: Samples) -> None:
+        self.name, self.documentation, self.labelnames, self.samples = name, documentation, tuple(labelnames), samples
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in self.samples():
+            family.add_metric(list(labels), value)
+        yield family
+
+
 class Registry:
     """The metrics of one process (or one test), rendered in registration order."""
 
@@ -125,6 +143,11 @@ class Registry:
     ) -> Histogram:
         self._claim(name)
         return Histogram(self._registry, name, documentation, labelnames, buckets)
+
+    def gauge(self, name: str, documentation: str, labelnames: Sequence[str], samples: Samples) -> None:
+        """A gauge read from ``samples`` at every scrape (state such as key ages and expiries)."""
+        self._claim(name)
+        self._registry.register(_GaugeCollector(name, documentation, labelnames, samples))
 
     def render(self) -> bytes:
         lines: list[str] = []

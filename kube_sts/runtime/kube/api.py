@@ -21,7 +21,7 @@ import base64
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import kubernetes.client
@@ -333,6 +333,15 @@ class KubeAPI:
             raise APIError(200, "BadResponse", f"expected PartialObjectMetadata, got {answer.get('kind')!r}")
         return ObjectMeta.of(answer.get("metadata") or {})
 
+    def container_image(self, namespace: str, name: str, container: str) -> str:
+        """The ``image`` of one container of the Pod's spec (``get`` on pods, as ``pod_metadata``)."""
+        pod = self.request("GET", f"/api/v1/namespaces/{_quote(namespace)}/pods/{_quote(name)}")
+        for entry in (pod.get("spec") or {}).get("containers") or ():
+            if entry.get("name") == container and isinstance(entry.get("image"), str) and entry["image"]:
+                image: str = entry["image"]
+                return image
+        raise APIError(200, "BadResponse", f"Pod {namespace}/{name} has no container {container!r} with an image")
+
     def service_account_metadata(self, namespace: str, name: str) -> ObjectMeta:
         """The ServiceAccount's metadata only (its annotations bind a role); needs ``get`` on serviceaccounts."""
         answer = self.request(
@@ -364,6 +373,46 @@ class KubeAPI:
     def get_mutating_webhook(self, name: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.request("GET", f"{_WEBHOOKS}/{_quote(name)}")
         return answer
+
+    def watch_mutating_webhook(self, name: str, timeout_seconds: int) -> Iterator[dict[str, Any]]:
+        """The watch events (``{"type": ..., "object": ...}``) of one MutatingWebhookConfiguration,
+        its current state first (``ADDED``), until the server ends the watch after ``timeout_seconds``.
+
+        The ``metadata.name`` field selector is what lets a ``watch`` limited by ``resourceNames``
+        be authorized: Kubernetes checks the name of a list or watch only from that selector."""
+        query = urllib.parse.urlencode(
+            {"watch": "true", "fieldSelector": f"metadata.name={name}", "timeoutSeconds": str(timeout_seconds)}
+        )
+        path = f"{_WEBHOOKS}?{query}"
+        serialized = self.api_client.param_serialize(
+            "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+        )
+        try:
+            response = self.api_client.call_api(*serialized, _request_timeout=(self.timeout, timeout_seconds + 30))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise UnavailableError(0, type(exc).__name__, f"GET {path}: {exc}") from None
+        except kubernetes.client.ApiException as exc:
+            raise UnavailableError(0, "TLSError", f"GET {path}: {exc.reason}") from None
+        stream = response.response
+        try:
+            status = int(response.status)
+            if status != 200:
+                raise (UnavailableError if status == 429 or status >= 500 else APIError)(
+                    status, str(response.reason or ""), f"GET {path}: {stream.data[:200]!r}"
+                )
+            buffer = b""
+            try:
+                for chunk in stream.stream(65536):
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if line.strip():
+                            event: dict[str, Any] = json.loads(line)
+                            yield event
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise UnavailableError(0, type(exc).__name__, f"GET {path}: {exc}") from None
+        finally:
+            stream.release_conn()
 
     def patch_mutating_webhook(
         self, name: str, patch: Any, kind: Literal["json", "merge", "strategic"] = "json"

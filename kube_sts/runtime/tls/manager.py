@@ -62,6 +62,9 @@ MAX_ATTEMPTS = 5
 FILE_INTERVAL = 10.0
 RESYNC_INTERVAL = 300.0
 RETRY_INTERVAL = 15.0
+WATCH_SECONDS = 240
+"""Length of one watch on a webhook configuration (the API server ends it; a new one follows)."""
+WATCH_RETRY = 5.0
 
 Clock = Callable[[], float]
 
@@ -444,6 +447,27 @@ class SecretManager:
             log.info("MutatingWebhookConfiguration %s: caBundle set for %s", name, ", ".join(drifted))
         self._webhook_ok(name)
 
+    def watch_webhook(self, name: str, stopped: threading.Event) -> None:
+        """Until ``stopped``: watch the configuration ``name`` and restore its caBundle as soon as a
+        change (a GitOps replace or sync that wipes it) leaves it differing from the served CA."""
+        while not stopped.is_set():
+            try:
+                for event in self.kube.watch_mutating_webhook(name, WATCH_SECONDS):
+                    if stopped.is_set():
+                        return
+                    if event.get("type") == "ERROR":
+                        stopped.wait(WATCH_RETRY)  # e.g. 410 Gone: a new watch, without spinning
+                        break
+                    bundle = self.bundle
+                    if event.get("type") in {"ADDED", "MODIFIED"} and bundle is not None:
+                        wanted = base64.b64encode(bundle.ca_pem()).decode("ascii")
+                        hooks = (event.get("object") or {}).get("webhooks") or []
+                        if any((h.get("clientConfig") or {}).get("caBundle") != wanted for h in hooks):
+                            self._align_webhook(name, bundle.ca_pem())
+            except kubeapi.APIError as exc:
+                self._webhook_problem(name, f"cannot be watched: {exc}")
+                stopped.wait(WATCH_RETRY)
+
     def _webhook_problem(self, name: str, problem: str) -> None:
         if self.webhook_problems.get(name) != problem:
             log.warning("MutatingWebhookConfiguration %s %s", name, problem)
@@ -478,6 +502,8 @@ class TLSManager:
         self.resync_interval = resync_interval
         self._runner = periodic.Periodic("kube-sts-tls", self.tick, file_interval)
         self._due = 0.0
+        self._watching = threading.Event()
+        self._watchers: list[threading.Thread] = []
 
     def server_context(self) -> ssl.SSLContext:
         return self.serving.server_context()
@@ -508,8 +534,22 @@ class TLSManager:
         self._due = min(self.secrets.next_run(), self.clock() + webhook_retry)
 
     def start(self) -> None:
-        """A first round now (so a certificate is served when possible), then one per interval."""
+        """A first round now (so a certificate is served when possible), then one per interval;
+        in runtime mode a watch on each webhook configuration restores a wiped caBundle at once."""
         self._runner.start()
+        if self.secrets is not None and not self._watchers:
+            self._watching.clear()
+            for name in self.secrets.webhooks:
+                thread = threading.Thread(
+                    target=self.secrets.watch_webhook,
+                    args=(name, self._watching),
+                    name=f"kube-sts-watch-{name}",
+                    daemon=True,
+                )
+                thread.start()
+                self._watchers.append(thread)
 
     def stop(self) -> None:
         self._runner.stop()
+        self._watching.set()  # a watcher blocked in its watch ends with it (daemon threads)
+        self._watchers.clear()

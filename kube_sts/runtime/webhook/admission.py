@@ -39,7 +39,7 @@ import orjson
 
 from kube_sts.runtime import config
 from kube_sts.runtime.http import messages as web
-from kube_sts.runtime.http import router
+from kube_sts.runtime.http import metrics, router
 from kube_sts.runtime.webhook import injection
 
 __all__ = ["MAX_ANSWER", "MAX_BODY", "add_routes", "review"]
@@ -205,6 +205,14 @@ def add_routes(
     ``accounts`` reads a ServiceAccount's annotations (the role binding); without it the webhook
     reads none and only Pod annotations count.
     """
+    if not any(endpoint.injector is not None for endpoint in runtime.endpoints):
+        return
+    outcomes = app.registry.counter(
+        "kube_sts_webhook_admissions_total",
+        "Admission reviews answered, by endpoint and outcome: injected (a patch), unchanged (allowed "
+        "without a patch: not labelled, excluded, or already complete) or refused",
+        ("endpoint", "outcome"),
+    )
     for endpoint in runtime.endpoints:
         if endpoint.injector is None:
             continue
@@ -212,9 +220,16 @@ def add_routes(
         app.add_route(
             "POST",
             config.WEBHOOK_PATH + endpoint.name,
-            _handler(runtime, endpoint, ca_bundle, accounts),
+            _handler(runtime, endpoint, ca_bundle, accounts, outcomes),
             max_body=MAX_BODY,
         )
+
+
+def _outcome(answer: Mapping[str, Any]) -> str:
+    response = answer["response"]
+    if not response.get("allowed"):
+        return "refused"
+    return "injected" if response.get("patch") else "unchanged"
 
 
 def _handler(
@@ -222,6 +237,7 @@ def _handler(
     endpoint: config.Endpoint,
     ca_bundle: Callable[[], bytes | None],
     accounts: Accounts | None,
+    outcomes: metrics.Counter,
 ) -> web.Handler:
     async def handle(request: web.Request) -> web.Response:
         ca = ca_bundle()
@@ -229,8 +245,10 @@ def _handler(
             raise web.HTTPError(503, "no_ca", "the token service's CA certificate is not loaded yet")
         pem = ca.decode("ascii")
         if accounts is None:
-            return web.Response(200, orjson.dumps(review(runtime, endpoint, request.body, pem)))
-        answer = await _review_with_account(runtime, endpoint, request.body, pem, accounts)
+            answer = review(runtime, endpoint, request.body, pem)
+        else:
+            answer = await _review_with_account(runtime, endpoint, request.body, pem, accounts)
+        outcomes.inc(endpoint.name, _outcome(answer))
         return web.Response(200, orjson.dumps(answer))
 
     return handle

@@ -230,6 +230,8 @@ def _sidecar(
     document = endpoint.credential_configuration(identity)
     if document is not None:
         env.append({"name": CREDENTIAL_CONFIG_ENV, "value": json.dumps(document, sort_keys=True)})
+    if runtime.sidecar_image is None:
+        raise ValueError("the sidecar image is not resolved (server.resolve_sidecar_image runs at start)")
     container: dict[str, Any] = {
         "name": name,
         "image": runtime.sidecar_image,

@@ -67,3 +67,17 @@ def test_concurrent_increments_are_not_lost() -> None:
 
 def test_empty_registry_renders_a_newline() -> None:
     assert metrics.Registry().render() == b"\n"
+
+
+def test_gauges_are_read_at_each_scrape() -> None:
+    registry = metrics.Registry()
+    state = {"a": 1.0}
+    registry.gauge("kube_sts_test_state", "state", ("endpoint",), lambda: [((k,), v) for k, v in state.items()])
+    [sample] = families(registry)["kube_sts_test_state"].samples
+    assert (sample.labels, sample.value) == ({"endpoint": "a"}, 1.0)
+    state.update(a=2.0, b=0.0)
+    values = {s.labels["endpoint"]: s.value for s in families(registry)["kube_sts_test_state"].samples}
+    assert values == {"a": 2.0, "b": 0.0}
+    assert families(registry)["kube_sts_test_state"].type == "gauge"
+    with pytest.raises(ValueError, match="already registered"):
+        registry.gauge("kube_sts_test_state", "again", (), list)
