@@ -30,6 +30,8 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels 
     && /opt/kube-sts/bin/python -c "import kube_sts.runtime.server, kube_sts.runtime.sidecar"
 
 FROM python:3.11-slim-bookworm@${PYTHON_DIGEST}
+# The user 65532 and the CMD are kube_sts/runtime/config.py's RUN_AS_UID and SERVER_COMMAND, which
+# the manifests render; tests/e2e/test_image.py checks that these literals stay equal to them.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/kube-sts/bin:$PATH
 # The base image's pip, setuptools and wheel are never run by the runtime: remove them.
 RUN /usr/local/bin/python -m pip uninstall --yes pip setuptools wheel \

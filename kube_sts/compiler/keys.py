@@ -439,20 +439,11 @@ def _offline_documents(args: argparse.Namespace) -> Any:
         published = (predecessor, *published)
     if not published:
         raise InputError(f"{args.keyset}: no key is published at {now}; add one with `sts-compile keys add`")
-    newest = max(published, key=lambda key: (key.sign_from, key.kid))
-    try:
-        endpoint = config.Endpoint.model_validate(
-            {
-                "name": current.endpoint or "offline",
-                "audience": "offline",
-                "path": f"/{current.endpoint or 'offline'}",
-                "issuer": {"host": args.host, "keypair": "offline"},
-                "token": {"algorithm": newest.algorithm, "awsSessionTags": args.aws_session_tags},
-            }
-        )
-    except ValueError:
-        raise InputError(f"--host {args.host!r} is not a host name (no scheme, port or path)") from None
-    return issuer.issuer_docs(endpoint, [key.public_jwk() for key in published])
+    if not config.is_host_name(args.host):
+        raise InputError(f"--host {args.host!r} is not a host name (no scheme, port or path)")
+    return issuer.issuer_docs(
+        args.host, [key.public_jwk() for key in published], aws_session_tags=args.aws_session_tags
+    )
 
 
 def _handing_over(current: keyset.KeySet, now: int) -> keyset.Key | None:

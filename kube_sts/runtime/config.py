@@ -28,6 +28,7 @@ __all__ = [
     "Preset",
     "RuntimeConfig",
     "Token",
+    "is_host_name",
     "parse_duration",
 ]
 
@@ -308,6 +309,11 @@ class KeyManagement(Model):
                 f"({self.publish_lead}s); a key must sign longer than its successor is announced"
             )
         return self
+
+
+def is_host_name(value: str) -> bool:
+    """Whether ``value`` is an issuer host as ``issuer.host`` accepts it (no scheme, port or path)."""
+    return bool(_HOSTNAME.match(value))
 
 
 class Issuer(Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import pathlib
 import re
 import subprocess
@@ -120,6 +121,21 @@ def test_dockerfile_pins_the_base_by_digest_and_runs_as_non_root() -> None:
     for source in re.findall(r"^COPY (?!--)(.+) \S+$", text, re.M):
         for path in source.split():
             assert (ROOT / path).exists(), path
+
+
+def test_dockerfile_literals_are_the_runtime_contract() -> None:
+    """A Dockerfile cannot read Python: its user and command are literals, which must be the values
+    the manifests render from ``config`` (``runAsUser``, the Deployment's command)."""
+    final = stages(DOCKERFILE.read_text())[-1]
+    uid = config.RUN_AS_UID
+    assert re.findall(r"^USER (\S+)$", final, re.M) == [f"{uid}:{uid}"]
+    assert re.search(rf"groupadd --system --gid {uid} nonroot\b", final)
+    assert re.search(rf"useradd --system --uid {uid} --gid {uid} ", final)
+    numbers = {int(number) for number in re.findall(r"(?:--gid|--uid|USER) (\d+)", final)}
+    assert numbers == {uid}
+    [command] = re.findall(r"^CMD (.+)$", final, re.M)
+    assert json.loads(command) == list(config.SERVER_COMMAND)
+    assert config.CONFIG_PATH in config.SERVER_COMMAND
 
 
 def test_dockerfile_installs_only_hash_checked_locked_packages() -> None:

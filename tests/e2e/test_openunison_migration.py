@@ -176,7 +176,9 @@ def test_tokens_before_and_after_the_switch_verify(bucket: Bucket, aws: awssts.A
 
     # -- upload kube-sts's issuer documents (what GET /aws/issuer-docs answers) ---------------------
     docs = tmp_path / "kube-sts-docs.json"
-    docs.write_text(json.dumps(issuer.issuer_docs(endpoint, provider.jwks()["keys"])))
+    docs.write_text(
+        json.dumps(issuer.issuer_docs(endpoint.issuer.host, provider.jwks()["keys"], (endpoint.token.algorithm,)))
+    )
     run("issuer-docs", "--documents", str(docs), "-o", str(tmp_path / "s3-after"))
     bucket.upload(tmp_path / "s3-after")
     offset[0] += keymanager.PUBLICATION_INTERVAL + 1

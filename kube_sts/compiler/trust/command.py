@@ -34,9 +34,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def relying_party(endpoint: config.Endpoint, given: str | None = None) -> str | None:
-    """``given``, else what the endpoint's audience and injector say (None: cannot tell)."""
+    """``given``, else the endpoint's preset, else what its audience and injector say (None: cannot tell)."""
     if given is not None:
         return given
+    if endpoint.preset != "generic":
+        return endpoint.preset
     if endpoint.audience == AZURE_AUDIENCE:
         return "azure"
     if endpoint.audience.startswith("https://iam.googleapis.com/"):
@@ -63,7 +65,7 @@ def _parser() -> _Parser:
         "--for",
         dest="relying_party",
         choices=RELYING_PARTIES,
-        help="the relying party (default: from the endpoint's audience and injector)",
+        help="the relying party (default: the endpoint's preset, else its audience and injector)",
     )
     parser.add_argument(
         "--format",

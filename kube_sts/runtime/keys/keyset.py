@@ -17,7 +17,9 @@ The serialized form (the ``keyset.json`` data key of the endpoint's Secret) is, 
       ]
     }
 
-A key signs during ``[signFrom, signUntil)``. It is published in the JWKS from the moment it is
+The pydantic models ``_Document`` and ``_KeyEntry`` are this format (no other field, integers that
+are not booleans); ``loads`` words the first problem they find as the format's terms, without the
+private key. A key signs during ``[signFrom, signUntil)``. It is published in the JWKS from the moment it is
 in the set (rotation adds it ``publish_lead`` before ``signFrom``) until ``signUntil`` plus the
 retention (token lifetime plus clock skew), so every token it signed verifies until it expires.
 Which key signs is a pure function of the set and the clock, so every replica agrees: among the
@@ -32,8 +34,10 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Collection, Iterable
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
+import pydantic
+import pydantic_core
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
@@ -262,39 +266,109 @@ def generate(
     )
 
 
-def _int(entry: dict[str, Any], name: str, where: str) -> int:
-    value = entry[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise KeySetError(f"{where}.{name}: expected epoch seconds (a non-negative integer), got {value!r}")
-    return value
-
-
-def _key(entry: Any, where: str) -> Key:
-    if not isinstance(entry, dict):
-        raise KeySetError(f"{where}: expected an object")
-    missing = [name for name in _FIELDS if name not in entry]
-    if missing:
-        raise KeySetError(f"{where}: missing {', '.join(missing)}")
-    unknown = sorted(set(entry) - set(_FIELDS))
-    if unknown:
-        raise KeySetError(f"{where}: unknown field {unknown[0]!r}")
-    algorithm, pem, kid = entry["alg"], entry["privateKey"], entry["kid"]
-    if algorithm not in ALGORITHMS:
-        raise KeySetError(f"{where}.alg: unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-    if not isinstance(kid, str) or not isinstance(pem, str):
-        raise KeySetError(f"{where}: kid and privateKey must be strings")
+def _pem(value: object) -> object:
+    """The private key of a PEM string (its type and size are checked with the algorithm)."""
+    if not isinstance(value, str):
+        raise pydantic_core.PydanticCustomError("string_type", "not a string")
     try:
-        loaded = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+        loaded = serialization.load_pem_private_key(value.encode("ascii"), password=None)
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
-        raise KeySetError(f"{where}.privateKey: not an unencrypted PEM private key ({exc})") from None
+        raise pydantic_core.PydanticCustomError("pem", "{reason}", {"reason": str(exc)}) from None
+    return loaded
+
+
+_EpochSeconds = Annotated[int, pydantic.Field(ge=0, strict=True)]
+
+
+class _KeyEntry(pydantic.BaseModel):
+    """One entry of ``keys`` as the file holds it."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kid: str
+    alg: Algorithm
+    created: _EpochSeconds
+    sign_from: _EpochSeconds = pydantic.Field(alias="signFrom")
+    sign_until: _EpochSeconds = pydantic.Field(alias="signUntil")
+    private_key: Annotated[object, pydantic.PlainValidator(_pem)] = pydantic.Field(alias="privateKey")
+
+
+class _Document(pydantic.BaseModel):
+    """The ``keyset.json`` file: version 1."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    version: Literal[1]
+    endpoint: Annotated[str, pydantic.Field(min_length=1)] | None = None
+    keys: list[_KeyEntry]
+
+
+_TOP_LEVEL = ("", "version", "extra", "keys", "endpoint")
+_ENTRY = ("", "missing", "extra", "alg", "kid", "privateKey", "created", "signFrom", "signUntil")
+
+
+def _rank(error: pydantic_core.ErrorDetails) -> tuple[int, int, int, str]:
+    """The order in which the format's checks report: the top level first, then the entries in order."""
+    loc = error["loc"]
+    extra = error["type"] == "extra_forbidden"
+    if not loc:
+        return (0, 0, 0, "")
+    if loc[0] != "keys" or len(loc) == 1:
+        top = "extra" if extra else str(loc[0])
+        return (_TOP_LEVEL.index(top), 0, 0, str(loc[0]))
+    index = int(loc[1])
+    if len(loc) == 2:
+        return (len(_TOP_LEVEL), index, 0, "")
+    field = str(loc[2])
+    what = "missing" if error["type"] == "missing" else "extra" if extra else field
+    rank = _ENTRY.index(what) if what in _ENTRY else _ENTRY.index("kid")
+    return (len(_TOP_LEVEL), index, rank, field)
+
+
+def _problem(errors: list[pydantic_core.ErrorDetails], document: Any) -> str:
+    """The message of the first failed check, worded as the format describes it (no input values
+    that could be key material: only versions, algorithms and epoch seconds are quoted)."""
+    first = min(errors, key=_rank)
+    loc = first["loc"]
+    if not loc:
+        return "not a key set: expected a JSON object with 'version' and 'keys'"
+    if loc[0] == "version":
+        version = document.get("version")
+        return f"unsupported key set version {version!r}; this runtime reads version {FORMAT_VERSION}"
+    if first["type"] == "extra_forbidden" and len(loc) == 1:
+        return f"unknown top-level field {min(set(document) - set(_Document.model_fields))!r}"
+    if loc == ("keys",):
+        return "'keys' must be a list"
+    if loc[0] == "endpoint":
+        return "'endpoint' must be a non-empty string"
+    index = loc[1]
+    where = f"keys[{index}]"
+    if len(loc) == 2:
+        return f"{where}: expected an object"
+    entry = document["keys"][index]
+    if first["type"] == "missing":
+        return f"{where}: missing {', '.join(name for name in _FIELDS if name not in entry)}"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown field {min(set(entry) - set(_FIELDS))!r}"
+    field = loc[2]
+    if field == "alg":
+        return f"{where}.alg: unknown algorithm {entry['alg']!r}; use one of {', '.join(ALGORITHMS)}"
+    if field == "privateKey" and first["type"] == "pem":
+        return f"{where}.privateKey: not an unencrypted PEM private key ({first['msg']})"
+    if field in ("kid", "privateKey"):
+        return f"{where}: kid and privateKey must be strings"
+    return f"{where}.{field}: expected epoch seconds (a non-negative integer), got {entry[field]!r}"
+
+
+def _key(entry: _KeyEntry, where: str) -> Key:
     try:
         return Key(
-            kid=kid,
-            algorithm=algorithm,
-            created=_int(entry, "created", where),
-            sign_from=_int(entry, "signFrom", where),
-            sign_until=_int(entry, "signUntil", where),
-            private_key=_check_key(algorithm, loaded),
+            kid=entry.kid,
+            algorithm=entry.alg,
+            created=entry.created,
+            sign_from=entry.sign_from,
+            sign_until=entry.sign_until,
+            private_key=_check_key(entry.alg, entry.private_key),
         )
     except KeySetError as exc:
         raise KeySetError(f"{where}: {exc}") from None
@@ -306,21 +380,17 @@ def loads(data: bytes | str) -> KeySet:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise KeySetError(f"not a key set: corrupt or truncated JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise KeySetError("not a key set: expected a JSON object with 'version' and 'keys'")
-    version = document.get("version")
-    if version != FORMAT_VERSION:
-        raise KeySetError(f"unsupported key set version {version!r}; this runtime reads version {FORMAT_VERSION}")
-    unknown = sorted(set(document) - {"version", "endpoint", "keys"})
-    if unknown:
-        raise KeySetError(f"unknown top-level field {unknown[0]!r}")
-    entries = document.get("keys")
-    if not isinstance(entries, list):
-        raise KeySetError("'keys' must be a list")
-    endpoint = document.get("endpoint")
-    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
-        raise KeySetError("'endpoint' must be a non-empty string")
-    return KeySet(tuple(_key(entry, f"keys[{index}]") for index, entry in enumerate(entries)), endpoint)
+    try:
+        parsed = _Document.model_validate(document)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_input=False)
+        first = min(errors, key=_rank)["loc"]
+        if first[:1] == ("keys",) and len(first) > 1:  # the entries before it are checked whole first
+            for index in range(int(first[1])):
+                _key(_KeyEntry.model_validate(document["keys"][index]), f"keys[{index}]")
+        raise KeySetError(_problem(errors, document)) from None
+    keys = tuple(_key(entry, f"keys[{index}]") for index, entry in enumerate(parsed.keys))
+    return KeySet(keys, parsed.endpoint)
 
 
 def dumps(keyset: KeySet) -> bytes:

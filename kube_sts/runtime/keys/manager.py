@@ -372,6 +372,12 @@ class KeyProvider:
         return self._adopt(data, self._secret_source())
 
     def _refresh_managed_after_conflict(self, name: str) -> Snapshot:
+        """The Secret as another replica wrote it, after that replica won a write race.
+
+        Not ``kubeapi.read_modify_write``: that helper runs the loser's decision again on a fresh
+        read until its own write lands. Here the winner's key set is the decision (every replica
+        computes the same rotation from the same set and clock), so the loser adopts it and the
+        next refresh decides again; a retried write would only race the other replicas again."""
         assert self.secrets is not None
         found = self.secrets.read(self.namespace, name)
         if found is None:
@@ -557,6 +563,10 @@ class KeyManager:
             try:
                 provider.refresh()
             except Exception:  # one endpoint's failure must not stop the others
+                # Broad on purpose: refresh() handles an unreadable file or Secret and a bad key set
+                # itself; what reaches here (the API server failing the read after a lost write
+                # race, or an unforeseen error) must not stop the other endpoints' refresh, and a
+                # list of types would let exactly the unforeseen ones through.
                 log.exception("endpoint %s: key refresh failed", provider.endpoint.name)
 
     def status(self) -> tuple[bool, tuple[str, ...]]:

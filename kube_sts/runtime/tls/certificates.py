@@ -262,6 +262,11 @@ def signer(bundle: Bundle, now: datetime.datetime, policy: Policy = Policy()) ->
 
 
 def _issued_by(certificate: x509.Certificate, authority: Authority) -> bool:
+    """Whether ``authority`` signed ``certificate``: a signature check, not a path validation.
+    ``decide`` asks about the validity window and the names separately (each change has its own
+    reason), so a ``cryptography.x509.verification`` verifier, which needs a time and a name and
+    fails all of them with one error, would not say which; ``verify_directly_issued_by`` is the
+    library's check for exactly this question."""
     ca = authority.certificate
     if certificate.issuer != ca.subject:
         return False

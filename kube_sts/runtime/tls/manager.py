@@ -108,7 +108,14 @@ def _covers(pattern: str, name: str) -> bool:
 
 
 def _chains(leaf: x509.Certificate, chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]) -> bool:
-    """True when ``leaf`` is signed by a root, directly or through certificates of ``chain``."""
+    """True when ``leaf`` is signed by a root, directly or through certificates of ``chain``.
+
+    Signatures only, on purpose: ``_check`` reports the validity window and the names first, each
+    with its own message, and this answers the one remaining question. A
+    ``cryptography.x509.verification`` server verifier (PolicyBuilder and Store) answers all of
+    them at once with one error, and also applies the CA/B web profile to certificates the
+    operator provides (basic constraints and key usage on every CA, the extended key usage of the
+    leaf, an unexpired CA in ca.crt): certificates the runtime serves today would be refused."""
     current = leaf
     for _ in range(len(chain) + 1):
         for candidate in (*roots, *chain):

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from kube_sts.runtime import config
-
 __all__ = ["AWS_TAGS", "JWKS_MAX_AGE", "discovery", "issuer_docs", "jwks"]
 
 AWS_TAGS = "https://aws.amazon.com/tags"
@@ -25,17 +23,17 @@ JWKS_MAX_AGE = 300
 _CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "cluster", "namespace", "saname")
 
 
-def discovery(endpoint: config.Endpoint, algorithms: Iterable[str] = ()) -> dict[str, Any]:
-    """The discovery document; ``algorithms`` adds the algorithms of published keys."""
-    url = endpoint.issuer.url
-    signing = sorted({endpoint.token.algorithm, *algorithms})
-    claims = list(_CLAIMS) + ([AWS_TAGS] if endpoint.token.aws_session_tags else [])
+def discovery(host: str, algorithms: Iterable[str], *, aws_session_tags: bool = False) -> dict[str, Any]:
+    """The discovery document of the issuer ``https://<host>``; ``algorithms`` are the endpoint's
+    signing algorithm and those of its published keys."""
+    url = f"https://{host}"
+    claims = list(_CLAIMS) + ([AWS_TAGS] if aws_session_tags else [])
     return {
         "issuer": url,
         "jwks_uri": f"{url}/certs",
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": signing,
+        "id_token_signing_alg_values_supported": sorted(set(algorithms)),
         "claims_supported": claims,
     }
 
@@ -44,6 +42,10 @@ def jwks(keys: Sequence[Mapping[str, str]]) -> dict[str, list[dict[str, str]]]:
     return {"keys": [dict(key) for key in keys]}
 
 
-def issuer_docs(endpoint: config.Endpoint, keys: Sequence[Mapping[str, str]]) -> dict[str, Any]:
-    algorithms = [key["alg"] for key in keys if "alg" in key]
-    return {"discovery": discovery(endpoint, algorithms), "keys": jwks(keys)}
+def issuer_docs(
+    host: str, keys: Sequence[Mapping[str, str]], algorithms: Iterable[str] = (), *, aws_session_tags: bool = False
+) -> dict[str, Any]:
+    """The ``issuer-docs`` answer for the published ``keys``; ``algorithms`` adds the endpoint's
+    signing algorithm to those of the keys."""
+    signing = [*algorithms, *(key["alg"] for key in keys if "alg" in key)]
+    return {"discovery": discovery(host, signing, aws_session_tags=aws_session_tags), "keys": jwks(keys)}

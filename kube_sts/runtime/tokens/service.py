@@ -101,11 +101,22 @@ class TokenService:
             return await self.exchange(state, request)
 
         async def issuer_docs(request: messages.Request) -> messages.Response:
-            return messages.json_response(200, issuer.issuer_docs(state.config, self._jwks(name)))
+            endpoint = state.config
+            documents = issuer.issuer_docs(
+                endpoint.issuer.host,
+                self._jwks(name),
+                (endpoint.token.algorithm,),
+                aws_session_tags=endpoint.token.aws_session_tags,
+            )
+            return messages.json_response(200, documents)
 
         async def discovery(request: messages.Request) -> messages.Response:
-            keys = self._jwks(name)
-            return messages.json_response(200, issuer.discovery(state.config, [key["alg"] for key in keys]), cache)
+            endpoint = state.config
+            signing = [endpoint.token.algorithm, *(key["alg"] for key in self._jwks(name))]
+            documents = issuer.discovery(
+                endpoint.issuer.host, signing, aws_session_tags=endpoint.token.aws_session_tags
+            )
+            return messages.json_response(200, documents, cache)
 
         async def certs(request: messages.Request) -> messages.Response:
             return messages.json_response(200, issuer.jwks(self._jwks(name)), cache)
