@@ -34,7 +34,8 @@ from tests.runtime import harness
 
 EXAMPLE = deployment.EXAMPLES / "gcp"
 NAMESPACE = "analytics"
-"""The namespace the example's azRules admit."""
+ACCOUNT = "reports"
+"""The namespace and the ServiceAccount the example's azRules admit."""
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 SERVICE_ACCOUNT = "reader@my-project.iam.gserviceaccount.com"
 
@@ -75,6 +76,7 @@ def gcp_runtime(
     endpoint["gcp"]["tokenUrl"] = google_sts.token_url
     endpoint["issuer"]["keys"]["waitForPublication"] = False  # the example's issuer host is not reachable
     plane.create_namespace(NAMESPACE)
+    plane.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": ACCOUNT, "namespace": NAMESPACE}})
     replica = deployed.runtime(directory / "runtime")
     replica.config["endpoints"] = [endpoint]
     replica.config_file.write_text(json.dumps(replica.config))
@@ -112,7 +114,7 @@ def pod(identity: str, name: str = "reader") -> dict[str, Any]:
             "labels": {"tremolo.io/gcp-identity": "true"},
             "annotations": {"tremolo.io/gcp-identity": identity},
         },
-        "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "python:3.11-slim"}]},
+        "spec": {"serviceAccountName": ACCOUNT, "containers": [{"name": "app", "image": "python:3.11-slim"}]},
     }
 
 
@@ -164,7 +166,7 @@ def test_google_auth_obtains_a_token_from_the_injected_files_alone(
     for mount in side["volumeMounts"]:
         pathlib.Path(local(mount["mountPath"])).mkdir(parents=True)
     args = dict(zip(side["args"], side["args"][1:], strict=False))
-    sa_token = plane.token(NAMESPACE, "app", gcp_runtime.config["stsAudience"], pod=stored)
+    sa_token = plane.token(NAMESPACE, ACCOUNT, gcp_runtime.config["stsAudience"], pod=stored)
     pathlib.Path(local(args["--service-account-token"])).write_text(sa_token)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "KUBE_STS_"))}
     env.update({e["name"]: local(e["value"]) for e in side["env"]})
@@ -199,7 +201,7 @@ def test_google_auth_obtains_a_token_from_the_injected_files_alone(
         assert google_sts.errors == []
         [call] = google_sts.calls
         assert credentials.valid and credentials.token == call.access_token
-        subject = f"{gcp_runtime.config['cluster']}:{NAMESPACE}:app"
+        subject = f"{gcp_runtime.config['cluster']}:{NAMESPACE}:{ACCOUNT}"
         assert call.provider == resource and call.claims["sub"] == subject
         assert credentials.service_account_email is None  # direct resource access
     finally:
