@@ -25,28 +25,37 @@ It serves on 127.0.0.1 (plain HTTP, one thread per connection) from an in-memory
   ``"reset"`` (connections dropped); ``delay`` slows every answer by a chosen time.
 - ``requests``/``requests_to``: every request received.
 
-The tests that still need it, and why:
+The tests that still need it, one line each with the fault or record it needs:
 
-- tests/runtime/test_token_service.py: outages and a slow API server (503, readiness), a 50 ms
-  delay under 24 concurrent callers, the TokenReviews the cache saves (counted in the request
-  log), tokens the real server will not issue (expired, 2 s, a review contradicting the token's
-  audience), the deleted/re-created Pod window; its other tests make no API call worth proving.
-- tests/runtime/kube/test_kubeapi.py: the bytes the client sends (review body, bearer token, Accept,
-  patch media type), an expired token, the acceptance window, refused/500/reset and a timeout.
-- tests/runtime/test_apiserver_double.py: the double's own wire details the tests above rely on.
-- tests/tls/test_tlsmanager.py: no write when nothing drifted, racing replicas' creations and no
-  write to a foreign or corrupt Secret, all counted in the request log.
-- tests/keys/test_managed_keys.py: an outage keeps the last key set; a corrupt Secret is never
-  written and provided mode sends nothing (request log).
+- tests/runtime/test_token_service.py: outages and a slow API server (503, readiness, 50 ms under
+  24 callers), TokenReviews saved by the cache (request log), tokens the real server will not
+  issue (expired, 2 s, a review contradicting the audience), the deleted/re-created Pod window.
+- tests/runtime/kube/test_kubeapi.py: the bytes the client sends (request log), an expired token,
+  the acceptance window, refused/500/reset and a timeout.
+- tests/runtime/test_apiserver_double.py: the double's own wire details the tests here rely on.
+- tests/runtime/test_account_binding.py: the ServiceAccount read as metadata (request log) and a
+  ServiceAccount deleted after the TokenReview (a window the real TokenReview does not show).
+- tests/webhook/test_pod_choices.py: the ServiceAccount unreadable (500, the webhook refuses with
+  503), one metadata read per Pod and none for a Pod refused first (request log).
+- tests/tls/test_tlsmanager.py: no write when nothing drifted, racing replicas' creations, no
+  write to a foreign or corrupt Secret (request log).
+- tests/keys/test_managed_keys.py: an outage keeps the last key set; no write to a corrupt Secret,
+  none in provided mode (request log).
 - tests/adversarial/test_junk_tokens.py: junk costs no TokenReview and JWKS refetches are bounded
   (request log), discovery refused with 403, the cluster's signing key rotated at run time, a
   250 ms delay under a junk flood.
-- tests/adversarial/test_lost_key_secret.py: an API outage at the key handover; its other tests
-  are fault-free and not moved yet (the deleted Secret's recreation is also proven in
-  tests/controlplane/test_rotation.py).
-- tests/adversarial/attacks.py (test_headers.py, test_slowloris.py, bench/hostile.py): the HTTP
-  layer of a runtime process under attack; the API server only has to be up, and keeping them off
-  the tier keeps bench/hostile.py free of a control plane and the slowloris waits out of its budget.
+- tests/adversarial/test_lost_key_secret.py: an API outage (500) at the key handover.
+- tests/adversarial/attacks.py (test_headers.py, test_slowloris.py, bench/hostile.py): a runtime
+  process under HTTP attack; the API server only has to be up, and off the tier bench/hostile.py
+  needs no control plane and the slowloris waits stay out of the tier's budget.
+- tests/trust/test_relying_parties.py: fault-free, not moved yet (the trust documents of
+  ``sts-compile trust`` with each relying party; the tier's test_relying_parties.py covers the
+  libraries' verification against the real API server, not the generated trust documents).
+
+Moved onto the tier: the gcp preset end to end (tests/controlplane/test_gcp_preset.py), the role
+bound by the ServiceAccount and the token lifetime at exchange (test_exchange_account_binding.py),
+the webhook's live ServiceAccount read (test_injection_cases.py), the deleted key set Secret
+(test_deleted_key_secret.py).
 """
 
 from __future__ import annotations

@@ -262,8 +262,8 @@ class ControlPlane:
         for _name, process in reversed(self._processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
+                try:  # a throwaway cluster: its graceful shutdown is not worth waiting for long
+                    process.wait(timeout=3)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()

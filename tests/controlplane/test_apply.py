@@ -1,7 +1,8 @@
 """Every example's compiled stream through the real API server: strict server-side dry run, one-pass
 client-side and server-side apply, and a second apply that changes nothing.
 
-Each example gets a control plane of its own (the examples share cluster-scoped names)."""
+The examples share cluster-scoped names: each test starts from one control plane holding none of
+the compiled objects (every earlier example's objects and Namespaces deleted)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,51 @@ EXAMPLES = sorted(p.parent.name for p in deployment.EXAMPLES.glob("*/values.yaml
 CERT_MANAGER_KINDS = {"Certificate", "Issuer", "ClusterIssuer"}
 
 
-@pytest.fixture
-def fresh_plane(tmp_path: pathlib.Path) -> Iterator[cluster.ControlPlane]:
-    plane = cluster.ControlPlane(tmp_path / "plane").start()
+OURS = "app.kubernetes.io/managed-by=sts-compile"
+"""The label every compiled object carries."""
+
+
+@pytest.fixture(scope="module")
+def apply_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[cluster.ControlPlane, str]]:
+    """One control plane for the module, and the kinds that can be listed and deleted."""
+    plane = cluster.ControlPlane(tmp_path_factory.mktemp("apply") / "plane").start()
     try:
-        yield plane
+        names = plane.kubectl("api-resources", "--verbs=list,delete", "--namespaced=true", "-o", "name").stdout
+        kinds = ",".join(name for name in names.split() if name not in {"events", "events.events.k8s.io"})
+        yield plane, kinds
     finally:
         plane.stop()
+
+
+def _remove_ours(plane: cluster.ControlPlane, kinds: str) -> None:
+    """Delete every compiled object, Namespaces included (with no namespace controller running,
+    their ``kubernetes`` finalizer is removed by hand once they are empty)."""
+    plane.kubectl("delete", kinds, "--all-namespaces", "-l", OURS, "--wait=false")
+    plane.kubectl(
+        "delete", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations", "-l", OURS, "--wait=false"
+    )
+    listed = json.loads(plane.kubectl("get", "namespaces", "-l", OURS, "-o", "json").stdout)["items"]
+    if listed:
+        plane.kubectl("delete", "namespaces", "-l", OURS, "--wait=false")
+    for namespace in listed:
+        name = namespace["metadata"]["name"]
+        stored = plane.get("namespace", name)
+        if stored is not None:
+            stored["spec"]["finalizers"] = []
+            plane.kubectl(
+                "replace", "--raw", f"/api/v1/namespaces/{name}/finalize", "-f", "-", input=json.dumps(stored)
+            )
+    left = plane.kubectl("get", f"{kinds},namespaces,clusterroles,clusterrolebindings", "-A", "-l", OURS, "-o", "name")
+    assert left.stdout.strip() == "", left.stdout
+
+
+@pytest.fixture
+def fresh_plane(apply_plane: tuple[cluster.ControlPlane, str]) -> Iterator[cluster.ControlPlane]:
+    """The module's plane holding none of our objects (the examples share cluster-scoped names)."""
+    plane, kinds = apply_plane
+    _remove_ours(plane, kinds)
+    yield plane
+    _remove_ours(plane, kinds)
 
 
 def _split(stream: str) -> tuple[str, list[str]]:

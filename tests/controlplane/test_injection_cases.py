@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import jsonpatch
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from kube_sts.runtime import config
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import create, named
-from tests.webhook.test_injection import ROLE, seed_pod
+from tests.webhook.test_injection import ROLE, review_body, seed_pod, validate
 
 MESH_ADDRESS = "127.10.0.250"
 """The mesh webhook's ClusterIP (inside ``cluster.SERVICE_CIDR``, away from the allocator's first picks)."""
@@ -278,3 +279,33 @@ def test_the_pods_token_lifetime_at_exchange(role_runtime: deployment.Runtime) -
     assert status == 200, answer
     claims = jwt.decode(answer["token"], options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == answer["expires_in"] == 900
+
+
+def test_the_webhook_reads_the_service_account_live(runtime: deployment.Runtime, namespace: str) -> None:
+    plane = runtime.deployment.plane
+    bound_account(plane, namespace, SA_ROLE)
+    first = create(plane, namespace, irsa_pod(namespace, "before"))
+    assert env_of(containers(first)["aws-cli"])["AWS_ROLE_ARN"] == SA_ROLE
+    # the binding changes: the next Pod follows it, and a Pod that claims the old role is refused
+    bound_account(plane, namespace, ROLE)
+    again = create(plane, namespace, irsa_pod(namespace, "after"))
+    assert env_of(containers(again)["aws-cli"])["AWS_ROLE_ARN"] == ROLE
+    refused = create(plane, namespace, irsa_pod(namespace, "claims-the-old-role", SA_ROLE), check=False)
+    assert refused.returncode != 0
+    assert "names another role than its ServiceAccount's eks.amazonaws.com/role-arn" in refused.stderr
+
+
+def test_a_missing_service_account_binds_nothing(runtime: deployment.Runtime, namespace: str) -> None:
+    """The API server's ServiceAccount admission refuses such a Pod before webhooks run, so the
+    review is posted to the runtime straight; its read of the ServiceAccount is the real 404."""
+    pod = named(seed_pod(), namespace, "no-account")
+    pod["spec"]["serviceAccountName"] = "missing"
+    assert runtime.deployment.plane.get("serviceaccount", "missing", namespace) is None
+    status, answer = runtime.post(
+        "/mutate/aws", review_body(pod, namespace=namespace), {"Content-Type": "application/json"}
+    )
+    assert status == 200, answer
+    assert answer["response"]["allowed"] is True, answer
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer["response"]["patch"])))
+    validate(patched)
+    assert env_of(patched["spec"]["containers"][0])["AWS_ROLE_ARN"] == ROLE

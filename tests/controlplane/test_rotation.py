@@ -21,16 +21,29 @@ from tests.controlplane import cluster, deployment
 from tests.controlplane.test_exchange import create_pod, exchange
 
 
-@pytest.fixture
-def plane(tmp_path: pathlib.Path) -> Iterator[deployment.Deployment]:
-    """A control plane of the test's own: these tests rewrite the runtime's Secrets."""
-    control = cluster.ControlPlane(tmp_path / "plane").start()
+@pytest.fixture(scope="module")
+def rotation_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[deployment.Deployment]:
+    """A control plane of this module's own: these tests rewrite the runtime's Secrets."""
+    directory = tmp_path_factory.mktemp("rotation")
+    control = cluster.ControlPlane(directory / "plane").start()
     try:
-        applied = deployment.Deployment.apply(control, deployment.EXAMPLES / "aws", tmp_path / "aws")
+        applied = deployment.Deployment.apply(control, deployment.EXAMPLES / "aws", directory / "aws")
         control.create_namespace("myns")
         yield applied
     finally:
         control.stop()
+
+
+@pytest.fixture
+def plane(rotation_plane: deployment.Deployment) -> deployment.Deployment:
+    """The module's plane without the runtime's key set and TLS Secrets: each test's runtime
+    starts from none, as on a fresh cluster."""
+    config = rotation_plane.runtime_config()
+    for name in (config["endpoints"][0]["issuer"]["keypair"], config["tls"]["secretName"]):
+        rotation_plane.plane.kubectl(
+            "delete", "secret", name, f"--namespace={rotation_plane.namespace}", "--ignore-not-found"
+        )
+    return rotation_plane
 
 
 def replace_secret(runtime: deployment.Runtime, name: str, data: dict[str, bytes]) -> None:
