@@ -48,14 +48,12 @@ The tests that still need it, one line each with the fault or record it needs:
 - tests/adversarial/attacks.py (test_headers.py, test_slowloris.py, bench/hostile.py): a runtime
   process under HTTP attack; the API server only has to be up, and off the tier bench/hostile.py
   needs no control plane and the slowloris waits stay out of the tier's budget.
-- tests/trust/test_relying_parties.py: fault-free, not moved yet (the trust documents of
-  ``sts-compile trust`` with each relying party; the tier's test_relying_parties.py covers the
-  libraries' verification against the real API server, not the generated trust documents).
 
 Moved onto the tier: the gcp preset end to end (tests/controlplane/test_gcp_preset.py), the role
 bound by the ServiceAccount and the token lifetime at exchange (test_exchange_account_binding.py),
 the webhook's live ServiceAccount read (test_injection_cases.py), the deleted key set Secret
-(test_deleted_key_secret.py).
+(test_deleted_key_secret.py), the trust documents of ``sts-compile trust`` consumed by each
+relying party's client (test_trust_documents.py).
 """
 
 from __future__ import annotations

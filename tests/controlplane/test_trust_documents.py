@@ -1,6 +1,8 @@
 """Trust documents from ``sts-compile trust``, consumed by each relying party's rules.
 
-A token service runs on real uvicorn with TLS and four endpoints of one values file. Each test
+A token service runs on real uvicorn with TLS and four endpoints of one values file, against the
+real API server of the control-plane tier (callers are Pods created there, with TokenRequests
+bound to them). Each test
 writes the trust documents with the command (``trust.command.main``, as the CLI runs it), hands
 them to the relying party's verifying double, and lets the real client library obtain
 credentials with a token minted through ``POST /<endpoint>/token``: botocore's web-identity
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +36,9 @@ from azure.identity import WorkloadIdentityCredential
 from kube_sts.compiler import source
 from kube_sts.compiler.trust import command
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver, awssts, entra, gcpsts, vault
+from tests import awssts, entra, gcpsts, vault
+from tests.controlplane import cluster
+from tests.controlplane.test_exchange import create_pod
 from tests.runtime import harness
 
 ACCOUNT = "123456789012"
@@ -94,16 +99,19 @@ def trust(*args: str, values: str = VALUES, tmp: pathlib.Path) -> Any:
 
 
 class World:
-    def __init__(self, running: harness.RunningServer, tls: harness.TLSFiles, api: apiserver.APIServer) -> None:
-        self.running, self.tls, self.api = running, tls, api
+    """The token service of ``VALUES`` in-process, on the real API server as ServiceAccount
+    kube-sts; callers are Pods created through the API server with TokenRequests bound to them."""
+
+    def __init__(self, running: harness.RunningServer, tls: harness.TLSFiles, plane: cluster.ControlPlane) -> None:
+        self.running, self.tls, self.plane = running, tls, plane
         self.context = tls.client_context()
-        self._pods = 0
 
     def mint(self, endpoint: str, role: str = "", namespace: str = "myns", sa: str = "app") -> str:
-        self._pods += 1
+        assert (namespace, sa) == ("myns", "app"), "the tier's myns has the ServiceAccount app"
         label = {"aws": "aws-role", "azure": "azure-identity"}.get(endpoint, "none")
-        pod = self.api.add_pod(namespace, f"app-{self._pods}", annotations={f"tremolo.io/{label}": role})
-        sa_token = self.api.issue_token(namespace, sa, pod=pod, audiences=[harness.STS_AUDIENCE])
+        name = f"trust-{uuid.uuid4().hex[:10]}"
+        pod = create_pod(self.plane, namespace, name, labelled=False, annotations={f"tremolo.io/{label}": role})
+        sa_token = self.plane.token(namespace, sa, harness.STS_AUDIENCE, pod=pod)
         answer = harness.asgi_call(
             self.running.app, "POST", f"/{endpoint}/token", {"authorization": f"Bearer {sa_token}"}
         )
@@ -115,14 +123,16 @@ class World:
 
 
 @pytest.fixture
-def world(api_server: apiserver.APIServer, kube: kubeapi.KubeAPI, tmp_path: pathlib.Path) -> Iterator[World]:
+def world(
+    control_plane: cluster.ControlPlane, myns: str, runtime_kube: kubeapi.KubeAPI, tmp_path: pathlib.Path
+) -> Iterator[World]:
     tls = harness.make_tls(tmp_path / "tls")
     model = source.parse(VALUES)
     for endpoint in model.sts.endpoints:
         harness.write_keyset(tmp_path / "keys", endpoint.name, "RS256")
-    app = harness.make_app(harness.runtime_config(*model.sts.endpoints), kube, tmp_path / "keys")
+    app = harness.make_app(harness.runtime_config(*model.sts.endpoints), runtime_kube, tmp_path / "keys")
     with harness.RunningServer(app, tls) as running:
-        yield World(running, tls, api_server)
+        yield World(running, tls, control_plane)
     app.executor.shutdown(wait=True)
 
 
