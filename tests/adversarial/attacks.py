@@ -49,14 +49,18 @@ class Runtime:
         # The runtime creates its CA and serving certificate (runtime TLS mode, the default) and
         # fills in the caBundle. Its certificate also names "localhost", the loopback stand-in for
         # the Service's DNS names.
+        image = None
         for manifest in sorted(out.glob("*.yaml")):
             document = yaml.safe_load(manifest.read_text())
             if document["kind"] == "MutatingWebhookConfiguration":
                 api.put(document)
                 self.webhook_configurations.append(document["metadata"]["name"])
-        runtime_config = json.loads(
-            yaml.safe_load((out / "08-configmap-kube-sts-config.yaml").read_text())["data"]["config.json"]
-        )
+            if document["kind"] == "Deployment":
+                image = document["spec"]["template"]["spec"]["containers"][0]["image"]
+        [configmap] = out.glob("*-configmap-*-config.yaml")
+        runtime_config = json.loads(yaml.safe_load(configmap.read_text())["data"]["config.json"])
+        # No Pod of its own here to read its image from: pinned, as sts.sidecarImage does.
+        runtime_config["sidecarImage"] = runtime_config.get("sidecarImage") or image
         assert runtime_config["tls"]["mode"] == "runtime"
         runtime_config["tls"]["dnsNames"].append("localhost")
         # The example's issuer host is not reachable from here, and with waitForPublication a key

@@ -56,6 +56,9 @@ def render(tmp_path: pathlib.Path, values: pathlib.Path = ROOT / "examples" / "a
             if isinstance(document, dict) and document.get("kind") == "ConfigMap":
                 runtime = config.RuntimeConfig.model_validate_json(document["data"]["config.json"])
     assert runtime is not None and pod_spec is not None
+    if runtime.sidecar_image is None:  # what the runtime reads from its own Pod at start
+        [own] = [c for c in pod_spec["containers"] if c["name"] == config.RUNTIME_CONTAINER]
+        runtime = runtime.model_copy(update={"sidecar_image": own["image"]})
     injected = []
     for native in (True, False):
         rt = runtime.model_copy(update={"native_sidecars": native})
