@@ -439,6 +439,7 @@ def conflicts(document: Values) -> list[Conflict]:
                 )
             )
     found += _shared_token_directories(sts)
+    found += _account_selection(sts)
     injects = any(endpoint.injector is not None for endpoint in sts.endpoints)
     if sts.replicas == 1 and sts.webhook.failure_policy == "Fail" and injects:
         found.append(
@@ -472,6 +473,36 @@ def _shared_token_directories(sts: Sts) -> list[Conflict]:
                     "duplicate-token-directory",
                 )
             )
+    return found
+
+
+def _account_selection(sts: Sts) -> list[Conflict]:
+    """``injector.serviceAccountNamespaces`` never lists the runtime's namespace, and two endpoints
+    that both read ``eks.amazonaws.com/role-arn`` never select the same namespace by it."""
+    found: list[Conflict] = []
+    readers: dict[str, int] = {}
+    for index, endpoint in enumerate(sts.endpoints):
+        if endpoint.injector is None:
+            continue
+        for position, namespace in enumerate(endpoint.injector.service_account_namespaces):
+            where = ("sts", "endpoints", index, "injector", "serviceAccountNamespaces", position)
+            if namespace == sts.namespace:
+                found.append(
+                    Conflict(where, config.own_namespace_selected(endpoint.name, namespace), "selects-own-namespace")
+                )
+            if config.EKS_ROLE_ANNOTATION not in endpoint.account_role_keys:
+                continue
+            first = readers.setdefault(namespace, index)
+            if first != index:
+                found.append(
+                    Conflict(
+                        where,
+                        f"{namespace!r} is also selected by sts.endpoints[{first}], and both endpoints read "
+                        f"{config.EKS_ROLE_ANNOTATION}: its Pods would get both sidecars for one role; list the "
+                        "namespace under one endpoint",
+                        "duplicate-service-account-namespace",
+                    )
+                )
     return found
 
 

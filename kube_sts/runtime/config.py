@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -173,8 +174,29 @@ LIFETIME_ANNOTATION = ANNOTATION_PREFIX + "token-lifetime"
 ``MIN_LIFETIME`` up to the endpoint's ``token.lifetime``; other values are refused."""
 EKS_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 """On a ServiceAccount: the role of its Pods for AWS endpoints (the EKS Pod Identity webhook's key)."""
+EKS_LIFETIME_ANNOTATION = "eks.amazonaws.com/token-expiration"
+"""On a ServiceAccount: the lifetime (seconds) of its Pods' tokens for AWS endpoints (the EKS
+webhook's key); ``LIFETIME_ANNOTATION`` on the ServiceAccount comes first, the Pod's own wins over both."""
+SKIP_LABEL = ANNOTATION_PREFIX + "skip-injection"
+"""On a Pod in a namespace of ``injector.serviceAccountNamespaces``: never selected by its
+ServiceAccount (the webhook's objectSelector leaves it out). In kube-sts's own domain, not
+``tremolo.io/``, so it can never be an injector's label."""
+EKS_SKIP_LABEL = "eks.amazonaws.com/skip-pod-identity-webhook"
+"""The EKS webhook's opt-out label, honoured like ``SKIP_LABEL`` by AWS endpoints."""
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""Set by the API server on every Namespace to its name: namespace selectors need no labelling."""
+PROTECTED_NAMESPACES = ("kube-system",)
+"""Namespaces the webhook never selects (beside the runtime's own)."""
 MIN_LIFETIME = 600
 """The shortest token lifetime an endpoint or a Pod may set (seconds)."""
+
+
+def own_namespace_selected(endpoint: str, namespace: str) -> str:
+    """Why endpoint ``endpoint`` may not select Pods of ``namespace``, the runtime's own."""
+    return (
+        f"endpoint {endpoint!r}: {namespace!r} is the runtime's own namespace; its Pods are never injected (the "
+        "runtime could not start while its webhook is down), so remove it from injector.serviceAccountNamespaces"
+    )
 
 
 def _audience_key(audience: str) -> str:
@@ -621,6 +643,13 @@ class Injector(Model):
     """Accepted for compatibility; the sidecar always trusts exactly the STS's own CA."""
     extra_env: dict[EnvName, str] = {}
     """Further variables for application containers, e.g. `AWS_STS_REGIONAL_ENDPOINTS`."""
+    service_account_namespaces: tuple[DnsLabel, ...] = ()
+    """ServiceAccount selection, opt-in (IRSA compatible): in these namespaces a Pod without the
+    label is injected when its ServiceAccount binds a role (`tremolo.io/<label>`, or for AWS
+    endpoints `eks.amazonaws.com/role-arn`), so workloads move from the EKS webhook untouched; a
+    Pod labelled `kube-sts.tremolo.io/skip-injection` (AWS endpoints: also
+    `eks.amazonaws.com/skip-pod-identity-webhook`) is left out. Every Pod created there passes
+    through the webhook. Never `kube-system` or the runtime's namespace."""
     token_path: str | None = None
     """Absolute path of the token file in the Pod's containers, e.g. `/tokens/token.jwt` (where
     OpenUnison's sidecar wrote it). Its directory is the token volume's mount point (read-only in
@@ -643,6 +672,29 @@ class Injector(Model):
                 raise ValueError(
                     f"{value!r}: the token may not be mounted at or under {reserved}; choose another folder"
                 )
+        return value
+
+    @pydantic.model_serializer(mode="wrap")
+    def _without_account_selection(self, handler: pydantic.SerializerFunctionWrapHandler) -> Any:
+        """Label selection alone (the default) leaves the rendered ``config.json`` as it was."""
+        data = handler(self)
+        if not self.service_account_namespaces and isinstance(data, dict):
+            for key in ("serviceAccountNamespaces", "service_account_namespaces"):
+                data.pop(key, None)
+        return data
+
+    @pydantic.field_validator("service_account_namespaces")
+    @classmethod
+    def _selectable_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name in PROTECTED_NAMESPACES:
+                raise ValueError(
+                    f"{name!r}: the webhook never selects Pods of {name} (a webhook outage would block the "
+                    "cluster's own Pods); remove it from serviceAccountNamespaces"
+                )
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once; list each namespace once")
         return value
 
     @property
@@ -734,13 +786,45 @@ class Endpoint(Model):
             return (self.injector.label_key, EKS_ROLE_ANNOTATION)
         return (self.injector.label_key,)
 
-    def lifetime_for(self, value: str | None) -> int:
-        """The token lifetime for a Pod whose ``LIFETIME_ANNOTATION`` is ``value`` (None: absent).
+    @property
+    def account_lifetime_keys(self) -> tuple[str, ...]:
+        """ServiceAccount annotations that set the lifetime of its Pods' tokens, strongest first."""
+        if self.injector is None:
+            return ()
+        if self.aws_style:
+            return (LIFETIME_ANNOTATION, EKS_LIFETIME_ANNOTATION)
+        return (LIFETIME_ANNOTATION,)
+
+    @property
+    def skip_labels(self) -> tuple[str, ...]:
+        """Pod labels that keep a Pod out of ServiceAccount selection (``injector.serviceAccountNamespaces``)."""
+        return (SKIP_LABEL, EKS_SKIP_LABEL) if self.aws_style else (SKIP_LABEL,)
+
+    def selects_by_account(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        """Whether an unlabelled Pod in ``namespace`` with ``labels`` is selected by its ServiceAccount."""
+        if self.injector is None or namespace not in self.injector.service_account_namespaces:
+            return False
+        return not any(key in labels for key in (self.injector.label_key, *self.skip_labels))
+
+    def bound_by(self, account: Mapping[str, str] | None) -> bool:
+        """Whether ServiceAccount annotations ``account`` bind a role for this endpoint."""
+        return any((account or {}).get(key, "").strip() for key in self.account_role_keys)
+
+    def lifetime_for(self, value: str | None, account: Mapping[str, str] | None = None) -> int:
+        """The token lifetime for a Pod whose ``LIFETIME_ANNOTATION`` is ``value`` (None: absent)
+        and whose ServiceAccount has ``account`` annotations (``account_lifetime_keys``); the
+        Pod's own annotation wins, then the ServiceAccount's, strongest key first.
 
         Raises ``ValueError`` (saying what is accepted) for a value that is not a duration or is
         outside ``MIN_LIFETIME`` to ``token.lifetime``: refused, not clamped, so a Pod never
         runs with a lifetime other than the one it asked for without anyone being told.
         """
+        where = f"the annotation {LIFETIME_ANNOTATION}"
+        if value is None:
+            for key in self.account_lifetime_keys:
+                if (account or {}).get(key) is not None:
+                    value, where = (account or {})[key], f"the ServiceAccount's annotation {key}"
+                    break
         if value is None:
             return self.token.lifetime
         bounds = f"from {MIN_LIFETIME} to {self.token.lifetime} seconds (endpoint {self.name!r})"
@@ -753,10 +837,7 @@ class Endpoint(Model):
                 seconds = None
         if not isinstance(seconds, int) or not MIN_LIFETIME <= seconds <= self.token.lifetime:
             shown = value if len(value) <= 32 else value[:32] + "..."
-            raise ValueError(
-                f"the annotation {LIFETIME_ANNOTATION} is {shown!r}; write seconds or a duration such as '15m', "
-                f"{bounds}"
-            )
+            raise ValueError(f"{where} is {shown!r}; write seconds or a duration such as '15m', {bounds}")
         return seconds
 
     @property
@@ -848,6 +929,13 @@ class RuntimeConfig(Model):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _not_our_namespace(self) -> RuntimeConfig:
+        for endpoint in self.endpoints:
+            if endpoint.injector is not None and self.namespace in endpoint.injector.service_account_namespaces:
+                raise ValueError(own_namespace_selected(endpoint.name, self.namespace))
+        return self
 
     @pydantic.model_validator(mode="after")
     def _one_key_set_per_endpoint(self) -> RuntimeConfig:

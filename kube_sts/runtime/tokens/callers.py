@@ -18,7 +18,7 @@ past the token's ``exp``; bounded in entries and bytes; expired entries purged),
 for ``FAILURE_TTL`` seconds (bounded). Concurrent requests with one uncached token share one
 validation. An identity keeps only what rules and minting use: namespace, ServiceAccount, Pod
 and the values of the endpoints' role annotations (``tremolo.io/<label>`` on the Pod, the
-role bindings on the ServiceAccount) and of the Pod's token lifetime annotation, never other
+role bindings and token lifetimes on the ServiceAccount) and of the Pod's token lifetime annotation, never other
 annotations; a role value longer than ``MAX_ROLE`` characters is kept as
 ``ROLE_TOO_LONG``, which no rule matches (``filter``: values outside printable ASCII).
 
@@ -108,7 +108,8 @@ class Identity:
     """The Pod's role annotations (``tremolo.io/<label>`` of the configured injectors) only."""
     token_expires: int
     account_roles: tuple[tuple[str, str], ...] = ()
-    """The ServiceAccount's role bindings (``config.Endpoint.account_role_keys`` of the endpoints) only."""
+    """The ServiceAccount's role bindings and token lifetimes (``config.Endpoint.account_role_keys``
+    and ``account_lifetime_keys`` of the endpoints) only."""
     lifetime: str | None = None
     """The Pod's ``kube-sts.tremolo.io/token-lifetime`` annotation, if any (at most ``MAX_ROLE`` characters)."""
 
@@ -457,7 +458,9 @@ class Callers:
         self.budget = _Budget(FALLBACK_RATE, FALLBACK_BURST)
         self.cluster_keys = cluster_keys or ClusterKeys(kube.service_account_issuer)
         self.labels = tuple(sorted({e.injector.label_key for e in runtime.endpoints if e.injector is not None}))
-        self.account_keys = tuple(sorted({key for e in runtime.endpoints for key in e.account_role_keys}))
+        self.account_keys = tuple(
+            sorted({key for e in runtime.endpoints for key in (*e.account_role_keys, *e.account_lifetime_keys)})
+        )
         self._api_audiences = tuple(config.API_SERVER_AUDIENCES) + tuple(runtime.api_audiences)
         self._validating: dict[bytes, asyncio.Future[tuple[Identity | None, HTTPError | None]]] = {}
         self.m_cache = registry.counter(

@@ -160,7 +160,7 @@ class TokenService:
             if not state.authorizer.allows(subject):
                 raise messages.HTTPError(403, "denied", f"this Pod's identity may not use endpoint {endpoint!r}")
             try:
-                lifetime = state.config.lifetime_for(identity.lifetime)
+                lifetime = state.config.lifetime_for(identity.lifetime, identity.account_annotations)
             except ValueError as problem:
                 raise messages.HTTPError(403, "invalid_lifetime", f"kube-sts: {problem}") from None
             try:

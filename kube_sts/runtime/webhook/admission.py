@@ -72,6 +72,14 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+Answer = tuple[dict[str, Any], str]
+"""An AdmissionReview answer and its outcome (``OUTCOMES``)."""
+OUTCOMES = ("injected", "unchanged", "unbound", "refused")
+"""Outcomes of ``kube_sts_webhook_admissions_total``: a patch; allowed without a patch (not
+labelled, excluded, or already complete); allowed without a patch because the Pod was selected
+by its ServiceAccount (``injector.serviceAccountNamespaces``) and that binds no role; not admitted."""
+
+
 Accounts = Callable[[str, str], Awaitable[Mapping[str, str]]]
 """``(namespace, name) -> annotations`` of a ServiceAccount, read live (``server.App.account_annotations``)."""
 
@@ -87,10 +95,20 @@ def review(
 
     ``account``: the annotations of the Pod's ServiceAccount (None: not read).
     """
+    return _review(runtime, endpoint, body, ca_pem, account)[0]
+
+
+def _review(
+    runtime: config.RuntimeConfig,
+    endpoint: config.Endpoint,
+    body: bytes,
+    ca_pem: str,
+    account: Mapping[str, str] | None = None,
+) -> Answer:
     with _collector_paused():
-        uid, pod, _ = _parse(body)
+        uid, pod, namespace = _parse(body)
         # the decoded body is freed before the collector resumes
-        return _answer(runtime, endpoint, uid, pod, ca_pem, account=account)
+        return _answer(runtime, endpoint, uid, pod, ca_pem, account=account, namespace=namespace)
 
 
 def _parse(body: bytes) -> tuple[str, dict[str, Any], str]:
@@ -119,9 +137,9 @@ def _parse(body: bytes) -> tuple[str, dict[str, Any], str]:
     return uid, pod, namespace if isinstance(namespace, str) else ""
 
 
-def _refusal(uid: str, refused: injection.RefusedError) -> dict[str, Any]:
+def _refusal(uid: str, refused: injection.RefusedError) -> Answer:
     response = {"uid": uid, "allowed": False, "status": {"code": refused.code, "message": refused.message}}
-    return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}
+    return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}, "refused"
 
 
 def _answer(
@@ -132,10 +150,11 @@ def _answer(
     ca_pem: str,
     *,
     account: Mapping[str, str] | None,
-) -> dict[str, Any]:
+    namespace: str,
+) -> Answer:
     response: dict[str, Any] = {"uid": uid}
     try:
-        result = injection.patch(runtime, (endpoint,), pod, ca_pem, account)
+        result = injection.patch(runtime, (endpoint,), pod, ca_pem, account, namespace=namespace)
         patch = base64.b64encode(orjson.dumps(result.operations)).decode("ascii") if result.operations else ""
         if len(patch) > _MAX_PATCH:
             raise injection.RefusedError(
@@ -149,16 +168,18 @@ def _answer(
         response["patch"] = patch
     if result.warnings:
         response["warnings"] = result.warnings
-    return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}
+    outcome = "injected" if patch else "unbound" if result.unbound else "unchanged"
+    return {"apiVersion": _API_VERSION, "kind": "AdmissionReview", "response": response}, outcome
 
 
 def _account_of(endpoint: config.Endpoint, pod: Mapping[str, Any], namespace: str) -> tuple[str, str] | None:
     """(namespace, name) of the ServiceAccount to read for a checked Pod, or None when none is needed."""
     injector = endpoint.injector
     metadata = pod["metadata"]
-    if injector is None or injector.label_key not in (metadata.get("labels") or {}):
-        return None
+    labels = metadata.get("labels") or {}
     namespace = namespace or metadata.get("namespace") or ""
+    if injector is None or not (injector.label_key in labels or endpoint.selects_by_account(namespace, labels)):
+        return None
     spec = pod["spec"]
     name = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     if not isinstance(namespace, str) or not namespace or not isinstance(name, str):
@@ -168,7 +189,7 @@ def _account_of(endpoint: config.Endpoint, pod: Mapping[str, Any], namespace: st
 
 async def _review_with_account(
     runtime: config.RuntimeConfig, endpoint: config.Endpoint, body: bytes, ca_pem: str, accounts: Accounts
-) -> dict[str, Any]:
+) -> Answer:
     """``review`` with the Pod's ServiceAccount read live; the Pod is checked (caps, types) before the read."""
     with _collector_paused():
         uid, pod, namespace = _parse(body)
@@ -191,7 +212,7 @@ async def _review_with_account(
                 ),
             )
     with _collector_paused():
-        return _answer(runtime, endpoint, uid, pod, ca_pem, account=account)
+        return _answer(runtime, endpoint, uid, pod, ca_pem, account=account, namespace=namespace)
 
 
 def add_routes(
@@ -210,7 +231,8 @@ def add_routes(
     outcomes = app.registry.counter(
         "kube_sts_webhook_admissions_total",
         "Admission reviews answered, by endpoint and outcome: injected (a patch), unchanged (allowed "
-        "without a patch: not labelled, excluded, or already complete) or refused",
+        "without a patch: not labelled, excluded, or already complete), unbound (selected by its "
+        "ServiceAccount's namespace, whose ServiceAccount binds no role: allowed without a patch) or refused",
         ("endpoint", "outcome"),
     )
     for endpoint in runtime.endpoints:
@@ -223,13 +245,6 @@ def add_routes(
             _handler(runtime, endpoint, ca_bundle, accounts, outcomes),
             max_body=MAX_BODY,
         )
-
-
-def _outcome(answer: Mapping[str, Any]) -> str:
-    response = answer["response"]
-    if not response.get("allowed"):
-        return "refused"
-    return "injected" if response.get("patch") else "unchanged"
 
 
 def _handler(
@@ -245,10 +260,10 @@ def _handler(
             raise web.HTTPError(503, "no_ca", "the token service's CA certificate is not loaded yet")
         pem = ca.decode("ascii")
         if accounts is None:
-            answer = review(runtime, endpoint, request.body, pem)
+            answer, outcome = _review(runtime, endpoint, request.body, pem)
         else:
-            answer = await _review_with_account(runtime, endpoint, request.body, pem, accounts)
-        outcomes.inc(endpoint.name, _outcome(answer))
+            answer, outcome = await _review_with_account(runtime, endpoint, request.body, pem, accounts)
+        outcomes.inc(endpoint.name, outcome)
         return web.Response(200, orjson.dumps(answer))
 
     return handle

@@ -12,6 +12,10 @@ Rules:
   for AWS endpoints, ``eks.amazonaws.com/role-arn`` on the live ServiceAccount) or else its own
   non-empty annotation ``tremolo.io/<label>``; a Pod annotation that names another role than its
   ServiceAccount's is refused (``roles.role_of``);
+- ServiceAccount selection (``injector.serviceAccountNamespaces``): in a listed namespace, a Pod
+  without the label and without an opt-out label (``config.Endpoint.skip_labels``) is injected
+  when its ServiceAccount binds a role, and left unchanged (no patch, no warning:
+  ``Injection.unbound``) when it does not; its own annotation alone never selects it;
 - application and init containers get the token volume read-only at the directory of the
   endpoint's token file (``injector.tokenPath``, default ``/var/run/secrets/kube-sts/<endpoint>/token``)
   and the variables, unless they already set them; the
@@ -22,7 +26,9 @@ Rules:
   but containers that lack the mount or variables (added by another mutating webhook after ours
   ran, e.g. a service mesh's proxy) get them, still with ``add`` operations only;
 - ``kube-sts.tremolo.io/token-lifetime`` (seconds or a duration) outside ``config.MIN_LIFETIME``
-  to the endpoint's ``token.lifetime`` is refused (422); the token service applies it at exchange;
+  to the endpoint's ``token.lifetime`` is refused (422); the token service applies it at exchange.
+  Without it on the Pod, the ServiceAccount's ``kube-sts.tremolo.io/token-lifetime`` (or, for AWS
+  endpoints, ``eks.amazonaws.com/token-expiration``) counts, under the same rules;
 - the variables are the endpoint's injector names and ``extra_env``, which its preset
   (``config.apply_preset``) fills with each relying party's defaults, e.g.
   ``AWS_STS_REGIONAL_ENDPOINTS=regional`` for ``aws``;
@@ -127,6 +133,8 @@ class RefusedError(Exception):
 class Injection:
     operations: list[Operation]
     warnings: list[str]
+    unbound: tuple[str, ...] = ()
+    """Endpoints that selected the Pod by its ServiceAccount, which binds no role: left alone."""
 
 
 def escape(token: str) -> str:
@@ -493,11 +501,17 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
     pod: Mapping[str, Any],
     ca_pem: str,
     account: Mapping[str, str] | None = None,
+    *,
+    namespace: str = "",
 ) -> Injection:
     """The operations that inject ``endpoints`` into ``pod`` (the Pod JSON as received).
 
     ``account``: the annotations of the Pod's ServiceAccount as the API server holds them (None:
-    not read), which may bind the Pod to a role (``roles.role_of``).
+    not read), which may bind the Pod to a role (``roles.role_of``) and set its token lifetime.
+    ``namespace``: the review's namespace (else the Pod's ``metadata.namespace``); an endpoint
+    selects an unlabelled Pod there by its ServiceAccount when it lists it in
+    ``injector.serviceAccountNamespaces`` (``config.Endpoint.selects_by_account``), and leaves
+    it alone (``Injection.unbound``) when that ServiceAccount binds no role.
 
     A Pod already injected for an endpoint (marker or sidecar present) gets no second sidecar or
     volume; containers added since (by another mutating webhook, before a reinvocation) get the
@@ -521,10 +535,18 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
     state: dict[tuple[str, int], _ContainerState] = {}
     warnings: list[str] = []
     injected: list[str] = []
+    unbound: list[str] = []
+    namespace = namespace or metadata.get("namespace") or ""
     for endpoint in endpoints:
         injector = endpoint.injector
-        if injector is None or injector.label_key not in labels:
+        if injector is None:
             continue
+        if injector.label_key not in labels:
+            if not endpoint.selects_by_account(namespace, labels):
+                continue
+            if not endpoint.bound_by(account):
+                unbound.append(endpoint.name)
+                continue
         name = sidecar_name(endpoint.name)
         init_name = _name("kube-sts-", endpoint.name, "-init")
         token_volume = _name("kube-sts-", endpoint.name, "-token")
@@ -548,7 +570,7 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
             continue
         if not already:
             try:
-                endpoint.lifetime_for(annotations.get(config.LIFETIME_ANNOTATION))
+                endpoint.lifetime_for(annotations.get(config.LIFETIME_ANNOTATION), account)
             except ValueError as problem:
                 raise RefusedError(422, f"kube-sts: {problem}") from None
             injected.append(endpoint.name)
@@ -607,4 +629,4 @@ def patch(  # noqa: PLR0915 (one pass over endpoints and containers)
                 "value": ",".join(sorted(marker | set(injected))),
             }
         )
-    return Injection(builder.operations, warnings)
+    return Injection(builder.operations, warnings, tuple(unbound))
