@@ -626,6 +626,15 @@ def _endpoint_schema(schema: dict[str, Any]) -> None:
     ]
 
 
+def _selectable(name: str) -> str:
+    if name in PROTECTED_NAMESPACES:
+        raise ValueError(
+            f"{name!r}: the webhook never selects Pods of {name} (a webhook outage would block the "
+            "cluster's own Pods); remove it from serviceAccountNamespaces"
+        )
+    return name
+
+
 class Injector(Model):
     """What the admission webhook injects into Pods labelled `tremolo.io/<label>`."""
 
@@ -643,7 +652,7 @@ class Injector(Model):
     """Accepted for compatibility; the sidecar always trusts exactly the STS's own CA."""
     extra_env: dict[EnvName, str] = {}
     """Further variables for application containers, e.g. `AWS_STS_REGIONAL_ENDPOINTS`."""
-    service_account_namespaces: tuple[DnsLabel, ...] = ()
+    service_account_namespaces: tuple[Annotated[DnsLabel, pydantic.AfterValidator(_selectable)], ...] = ()
     """ServiceAccount selection, opt-in (IRSA compatible): in these namespaces a Pod without the
     label is injected when its ServiceAccount binds a role (`tremolo.io/<label>`, or for AWS
     endpoints `eks.amazonaws.com/role-arn`), so workloads move from the EKS webhook untouched; a
@@ -686,12 +695,6 @@ class Injector(Model):
     @pydantic.field_validator("service_account_namespaces")
     @classmethod
     def _selectable_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name in PROTECTED_NAMESPACES:
-                raise ValueError(
-                    f"{name!r}: the webhook never selects Pods of {name} (a webhook outage would block the "
-                    "cluster's own Pods); remove it from serviceAccountNamespaces"
-                )
         repeated = sorted({name for name in value if value.count(name) > 1})
         if repeated:
             raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once; list each namespace once")
