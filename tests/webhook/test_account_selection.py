@@ -3,7 +3,7 @@ namespace an unlabelled Pod is injected when its ServiceAccount binds a role, an
 unchanged (outcome ``unbound``) when it does not; the opt-out labels; the ServiceAccount-level
 token lifetime; the admission outcomes as counted in ``kube_sts_webhook_admissions_total``. Every
 patch is applied with jsonpatch and the result validated strictly. Through the real API server
-(the compiled selectors): tests/controlplane/test_account_selection.py."""
+(the compiled selectors): tests/controlplane/test_injection_by_account.py."""
 
 from __future__ import annotations
 
