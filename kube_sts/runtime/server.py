@@ -16,7 +16,7 @@ Errors are JSON ``{"error": "<stable code>", "message": "..."}``: 400 malformed 
 token problems (``missing_token``, ``malformed_token``, ``token_expired``, ``wrong_audience``,
 ``invalid_token``, ``unbound_token``, ``pod_not_found``, ``pod_mismatch``), 403 ``denied``,
 ``role_conflict`` (the Pod names another role than its ServiceAccount is bound to) or
-``invalid_lifetime`` (the Pod's ``kube-sts.tremolo.io/token-lifetime`` is outside the endpoint's bounds),
+``invalid_lifetime`` (the Pod's or its ServiceAccount's token lifetime is outside the endpoint's bounds),
 404 ``not_found``, 405 ``method_not_allowed``, 408 ``request_timeout``, 413 ``body_too_large`` /
 ``header_too_large``, 500 ``internal_error``, 503 ``apiserver_unavailable`` / ``apiserver_error``
 / ``no_signing_key`` / ``too_many_connections`` (the limits are ``limits.Limits``). Each token decision

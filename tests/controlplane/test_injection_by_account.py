@@ -116,6 +116,7 @@ def replica(deployed: deployment.Deployment, tmp_path_factory: pytest.TempPathFa
     finally:
         plane.kubectl("delete", "mutatingwebhookconfiguration", webhooks["metadata"]["name"], "--ignore-not-found")
         runtime.stop()
+        plane.kubectl("delete", "service", NAME, f"--namespace={deployed.namespace}", "--ignore-not-found")
 
 
 def account(plane: cluster.ControlPlane, namespace: str, name: str, annotations: dict[str, str]) -> None:
