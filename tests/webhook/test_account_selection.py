@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kube_sts.runtime import config
+from kube_sts.runtime.http import messages as web
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.webhook import admission as webhook
 from kube_sts.runtime.webhook import injection
@@ -311,6 +312,32 @@ def test_each_outcome_is_counted(tmp_path: pathlib.Path) -> None:
         assert outcomes(app) == {"injected": 1.0, "unbound": 1.0, "unchanged": 1.0, "refused": 2.0}
         # read for the Pods selected by their namespace only: not in "default", not for the oversized Pod
         assert accounts.reads == [(TEAM, "irsa"), (TEAM, "plain"), (TEAM, "irsa")]
+    finally:
+        app.executor.shutdown(wait=True)
+        kube.close()
+
+
+def test_a_pod_selected_by_its_namespace_is_refused_when_its_service_account_cannot_be_read(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Fail closed: admitting it could start a Pod whose ServiceAccount binds a role without its identity."""
+    harness.write_keyset(tmp_path, "aws", "RS256")
+    rt = runtime(selecting(TEAM))
+
+    async def down(namespace: str, name: str) -> Mapping[str, str]:
+        raise web.HTTPError(503, "apiserver_unavailable", "the API server did not answer")
+
+    kube = kubeapi.KubeAPI.for_host("https://127.0.0.1:9", timeout=0.2)
+    app = harness.make_app(rt, kube, tmp_path)
+    try:
+        webhook.add_routes(app, rt, CA.encode, down)
+        answer = harness.asgi_call(
+            app, "POST", "/mutate/aws", {"content-type": "application/json"}, review_body(unlabelled(), namespace=TEAM)
+        )
+        response = answer.json()["response"]
+        assert (response["allowed"], response["status"]["code"]) == (False, 503)
+        assert response["status"]["message"].startswith("kube-sts: cannot read the Pod's ServiceAccount 'irsa' (")
+        assert outcomes(app) == {"refused": 1.0}
     finally:
         app.executor.shutdown(wait=True)
         kube.close()
