@@ -21,6 +21,9 @@ It serves on 127.0.0.1 (plain HTTP, one thread per connection) from an in-memory
   ``PartialObjectMetadata``), POST (201, 409 AlreadyExists), PUT (409 Conflict on a stale
   ``resourceVersion``), PATCH (JSON patch, strategic merge patch keyed by ``name``), DELETE;
   errors are ``Status`` objects; every write bumps one global ``resourceVersion``.
+- ``watch=true`` GETs of MutatingWebhookConfigurations stream the changes (``events``), from a
+  ``resourceVersion`` or from the current object; ``watch_faults`` breaks the next watches (a reset
+  connection, a stream that ends at once, a line that is not JSON, a 410 ``ERROR`` event).
 - ``set_outage``: ``"refused"`` (the port stops listening), ``"error"`` (500 Status) or
   ``"reset"`` (connections dropped); ``delay`` slows every answer by a chosen time.
 - ``requests``/``requests_to``: every request received.
@@ -38,7 +41,8 @@ The tests that still need it, one line each with the fault or record it needs:
 - tests/webhook/test_pod_choices.py: the ServiceAccount unreadable (500, the webhook refuses with
   503), one metadata read per Pod and none for a Pod refused first (request log).
 - tests/tls/test_tlsmanager.py: no write when nothing drifted, racing replicas' creations, no
-  write to a foreign or corrupt Secret (request log).
+  write to a foreign or corrupt Secret (request log), the caBundle watch through broken watches
+  (watch faults).
 - tests/keys/test_managed_keys.py: an outage keeps the last key set; no write to a corrupt Secret,
   none in provided mode (request log).
 - tests/adversarial/test_junk_tokens.py: junk costs no TokenReview and JWKS refetches are bounded
@@ -72,7 +76,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jsonpatch
@@ -216,6 +220,13 @@ class APIServer:
         self.api_audiences = API_AUDIENCES
         self._version = itertools.count(1000)
         self._lock = threading.RLock()
+        self._changes = threading.Condition(self._lock)
+        self.events: list[tuple[tuple[str, str, str, str], str, dict[str, Any]]] = []
+        """Every change, in order: (key, ADDED / MODIFIED / DELETED, the object then)."""
+        self.watch_faults: list[str] = []
+        """One fault for each of the next watches, in order: ``"reset"`` (the connection dropped after
+        the headers), ``"end"`` (the stream ends at once), ``"gone"`` (an ``ERROR`` 410 event, as
+        for a ``resourceVersion`` no longer in the watch cache), ``"junk"`` (a line that is not JSON)."""
         self.issuer = ISSUER
         self.discovery_outage: int | None = None
         self.signing_keys: dict[str, tuple[str, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey]] = {
@@ -290,7 +301,7 @@ class APIServer:
         key = (api_version, plural, meta.get("namespace", "") if namespaced else "", meta["name"])
         with self._lock:
             self._fill_metadata(stored, key[2])
-            self.objects[key] = stored
+            self._store(key, stored)
             return copy.deepcopy(stored)
 
     def get(self, api_version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -300,7 +311,9 @@ class APIServer:
 
     def delete(self, api_version: str, plural: str, namespace: str, name: str) -> None:
         with self._lock:
-            self.objects.pop((api_version, plural, namespace, name), None)
+            gone = self.objects.pop((api_version, plural, namespace, name), None)
+            if gone is not None:
+                self._record((api_version, plural, namespace, name), "DELETED", gone)
 
     def add_pod(
         self,
@@ -411,6 +424,61 @@ class APIServer:
         with self._lock:
             return [r for r in self.requests if r.path.startswith(path_prefix) and method in (None, r.method)]
 
+    def _store(self, key: tuple[str, str, str, str], obj: dict[str, Any]) -> None:
+        self._record(key, "MODIFIED" if key in self.objects else "ADDED", obj)
+        self.objects[key] = obj
+
+    def _record(self, key: tuple[str, str, str, str], kind: str, obj: dict[str, Any]) -> None:
+        with self._changes:
+            self.events.append((key, kind, copy.deepcopy(obj)))
+            self._changes.notify_all()
+
+    def watch(self, path: str, query: Mapping[str, list[str]]) -> Iterator[dict[str, Any] | bytes]:
+        """The events of a ``watch=true`` GET of a collection, one ``metadata.name`` field selector:
+        with ``resourceVersion`` unset or ``"0"`` the current object (``ADDED``) first, otherwise
+        the changes after that version; until ``timeoutSeconds``, or a fault of ``watch_faults``."""
+        match = _PATH.match(path)
+        if match is None or match["name"] is not None:
+            raise _Failure(404, "NotFound", "the server could not find the requested resource")
+        api_version, plural = match["core"] or match["group"], match["plural"]
+        selector = (query.get("fieldSelector") or [""])[0]
+        name = selector.removeprefix("metadata.name=")
+        key = (api_version, plural, match["ns"] or "", name)
+        version = (query.get("resourceVersion") or [""])[0]
+        deadline = time.monotonic() + float((query.get("timeoutSeconds") or ["1800"])[0])
+        with self._changes:
+            fault = self.watch_faults.pop(0) if self.watch_faults else None
+            seen = len(self.events)
+            current = copy.deepcopy(self.objects.get(key))
+        if fault == "reset":
+            raise ConnectionResetError
+        if fault == "end":
+            return
+        if fault == "junk":
+            yield b"{not json"
+            return
+        if fault == "gone":
+            yield {"type": "ERROR", "object": status_object(410, "Expired", f"too old resource version: {version}")}
+            return
+        if version in ("", "0"):
+            if current is not None:
+                yield {"type": "ADDED", "object": current}
+        else:
+            versions = [int(obj["metadata"]["resourceVersion"]) for _, _, obj in self.events]
+            after = [i for i, changed in enumerate(versions) if changed > int(version)]
+            seen = after[0] if after else len(self.events)
+        while True:
+            with self._changes:
+                while seen == len(self.events):
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._server is None:
+                        return
+                    self._changes.wait(min(left, 0.1))
+                pending, seen = self.events[seen:], len(self.events)
+            for changed, kind, obj in pending:
+                if changed == key:
+                    yield {"type": kind, "object": obj}
+
     # -- request handling ----------------------------------------------------------------------
 
     def _fill_metadata(self, obj: dict[str, Any], namespace: str) -> None:
@@ -477,6 +545,7 @@ class APIServer:
                 return 200, copy.deepcopy(current)
             if method == "DELETE":
                 del self.objects[key]
+                self._record(key, "DELETED", current)
                 return 200, copy.deepcopy(current)
             if method == "PUT":
                 return self._replace(key, kind, current, _json_body(body), details)
@@ -500,7 +569,7 @@ class APIServer:
         stored.setdefault("apiVersion", api_version)
         stored.setdefault("kind", kind)
         self._fill_metadata(stored, namespace)
-        self.objects[key] = stored
+        self._store(key, stored)
         return 201, copy.deepcopy(stored)
 
     def _replace(
@@ -525,7 +594,7 @@ class APIServer:
         for field in ("uid", "creationTimestamp"):
             stored["metadata"][field] = current["metadata"][field]
         self._fill_metadata(stored, key[2])
-        self.objects[key] = stored
+        self._store(key, stored)
         return 200, copy.deepcopy(stored)
 
     def _patch(
@@ -556,7 +625,7 @@ class APIServer:
                 "please apply your changes to the latest version and try again",
             )
         self._fill_metadata(patched, key[2])
-        self.objects[key] = patched
+        self._store(key, patched)
         return 200, copy.deepcopy(patched)
 
     def _token_review(self, review: Any) -> dict[str, Any]:
@@ -658,6 +727,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if self.command == "GET" and (urllib.parse.parse_qs(parsed.query).get("watch") or [""])[0] == "true":
+            self._watch(parsed.path, urllib.parse.parse_qs(parsed.query))
+            return
         if outage == "error":
             code, answer = (
                 500,
@@ -677,5 +749,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:  # the client gave up (timeouts in tests)
             self.close_connection = True
+
+    def _watch(self, path: str, query: Mapping[str, list[str]]) -> None:
+        """A watch: chunked ``application/json`` lines, one event each (as kube-apiserver streams them)."""
+        events = self.api.watch(path, query)
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.flush()
+            for event in events:
+                line = (event if isinstance(event, bytes) else json.dumps(event).encode()) + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except ConnectionResetError:  # the "reset" fault: drop the connection mid-stream
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:  # the client went away
+            pass
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve

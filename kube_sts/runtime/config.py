@@ -897,6 +897,9 @@ class TLS(Model):
     """Secret holding `tls.crt`, `tls.key` and `ca.crt`."""
     dns_names: tuple[str, ...]
     """Names the serving certificate must cover."""
+    watch_seconds: Annotated[int, Field(ge=1, le=3600)] = 240
+    """Length of one watch on a webhook configuration (`runtime` mode): the API server ends it
+    after this many seconds and the runtime lists the configuration again and watches on."""
 
 
 class RuntimeConfig(Model):

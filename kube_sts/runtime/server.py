@@ -246,6 +246,20 @@ def add_state_metrics(registry: metrics.Registry, keys: keymanager.KeyManager, t
         (),
         expiry,
     )
+    secrets = tls.secrets
+    if secrets is not None:
+        registry.gauge(
+            "kube_sts_webhook_watch_failures",
+            "Failed watch rounds in a row on a MutatingWebhookConfiguration (0 while its watch runs)",
+            ("configuration",),
+            lambda: [((name,), float(count)) for name, count in sorted(secrets.watch_failures.items())],
+        )
+        registry.gauge(
+            "kube_sts_webhook_watch_rounds",
+            "Watches started on a MutatingWebhookConfiguration since the runtime started (first, renewals, retries)",
+            ("configuration",),
+            lambda: [((name,), float(count)) for name, count in sorted(secrets.watch_rounds.items())],
+        )
 
 
 def _signs(provider: keymanager.KeyProvider) -> bool:

@@ -16,6 +16,9 @@ from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import cluster, deployment
 
 ALLOWED = "myns"
+WATCH_SECONDS = 5
+"""``tls.watchSeconds`` of the session's runtime: its watch of the webhook configuration is renewed
+every few seconds, as a long-running replica's is every 240 s."""
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +39,7 @@ def deployed(control_plane: cluster.ControlPlane, tmp_path_factory: pytest.TempP
 @pytest.fixture(scope="session")
 def runtime(deployed: deployment.Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[deployment.Runtime]:
     """The runtime serving the compiled webhook at the Service's ClusterIP, as ServiceAccount kube-sts."""
-    process = deployed.runtime(tmp_path_factory.mktemp("runtime"), at_cluster_ip=True)
+    process = deployed.runtime(tmp_path_factory.mktemp("runtime"), at_cluster_ip=True, watch_seconds=WATCH_SECONDS)
     process.start()
     try:
         yield process

@@ -80,13 +80,16 @@ class Deployment:
         directory: pathlib.Path,
         *,
         at_cluster_ip: bool = False,
+        watch_seconds: int | None = None,
     ) -> Runtime:
-        """A runtime process for this deployment."""
+        """A runtime process for this deployment; ``watch_seconds`` sets ``tls.watchSeconds`` (how
+        often its watch of the webhook configurations is renewed)."""
         account = self.one("ServiceAccount")["metadata"]["name"]
         token = self.plane.token(self.namespace, account, cluster.API_AUDIENCE, seconds=24 * 3600)
         kubeconfig = self.plane.kubeconfig_for(f"runtime-{directory.name}", token)
         host, port = self.service_address() if at_cluster_ip else ("127.0.0.1", harness.free_port())
-        return Runtime(self, directory, kubeconfig, host, port, pod=self.runtime_pod(directory.name))
+        pod = self.runtime_pod(directory.name)
+        return Runtime(self, directory, kubeconfig, host, port, pod=pod, watch_seconds=watch_seconds)
 
     def runtime_pod(self, suffix: str) -> str:
         """A Pod of the stored Deployment's template (no controller makes it, no kubelet runs it):
@@ -113,6 +116,7 @@ class Runtime:
         port: int,
         *,
         pod: str,
+        watch_seconds: int | None = None,
     ) -> None:
         self.deployment = deployment
         self.directory = directory
@@ -127,6 +131,8 @@ class Runtime:
         # runtime by name (the sidecar in test_end_to_end.py). Every runtime of the tier adds it, so
         # that runtimes sharing the TLS Secret agree on the serving certificate's names.
         config["tls"]["dnsNames"].append("localhost")
+        if watch_seconds is not None:
+            config["tls"]["watchSeconds"] = watch_seconds
         self.config = config
         self.config_file = directory / "config.json"
         self.config_file.write_text(json.dumps(config))
@@ -230,6 +236,17 @@ class Runtime:
                 if sample.name == "kube_sts_http_requests_total" and "mutate" in sample.labels.get("route", ""):
                     total += sample.value
         return total
+
+    def gauge(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The samples of one of the runtime's gauges (from /metrics), by their labels."""
+        status, text = self.get("/metrics")
+        assert status == 200
+        return {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        }
 
     def get(self, path: str) -> tuple[int, Any]:
         return self.request("GET", path)

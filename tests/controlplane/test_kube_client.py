@@ -171,3 +171,39 @@ def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin_
             admin_kube.get_mutating_webhook("missing")
     finally:
         control_plane.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
+
+
+def test_webhook_configuration_watch_needs_the_version_read(
+    control_plane: cluster.ControlPlane, admin_kube: kubeapi.KubeAPI, namespace: str
+) -> None:
+    """What the caBundle watch is built on. Without a ``resourceVersion`` the API server answers a
+    watch only once its watch cache is as recent as etcd; when something else was written since
+    the configuration last changed (here a ConfigMap; in any cluster the API server's own Lease
+    every 10 s) the watch ends after 3 s with an ERROR "Too large resource version" (504) and
+    shows nothing. From the ``resourceVersion`` of a read it streams the next change."""
+    name = "kube-sts-watch-test"
+    control_plane.apply(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [_HOOK],
+        }
+    )
+    try:
+        control_plane.kubectl("create", "configmap", "moves-etcd-on", "-n", namespace)
+        events = list(admin_kube.watch_mutating_webhook(name, 5))
+        [error] = events
+        assert error["type"] == "ERROR"
+        assert error["object"]["code"] == 504 and "Too large resource version" in error["object"]["message"]
+        version = admin_kube.get_mutating_webhook(name)["metadata"]["resourceVersion"]
+        watch = admin_kube.watch_mutating_webhook(name, 10, version)
+        admin_kube.patch_mutating_webhook(
+            name, [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "Q0E="}]
+        )
+        event = next(watch)
+        assert event["type"] == "MODIFIED"
+        assert event["object"]["webhooks"][0]["clientConfig"]["caBundle"] == "Q0E="
+        watch.close()
+    finally:
+        control_plane.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")

@@ -36,7 +36,7 @@ class Clock:
         return self.now
 
 
-def runtime() -> config.RuntimeConfig:
+def runtime(watch_seconds: int = 240) -> config.RuntimeConfig:
     return config.RuntimeConfig.model_validate(
         {
             "cluster": "test",
@@ -46,7 +46,7 @@ def runtime() -> config.RuntimeConfig:
             "sidecarImage": "registry.example/kube-sts:test",
             "sidecarResources": {},
             "webhookConfigurations": list(WEBHOOKS),
-            "tls": {"mode": "runtime", "secretName": "kube-sts-tls", "dnsNames": NAMES},
+            "tls": {"mode": "runtime", "secretName": "kube-sts-tls", "dnsNames": NAMES, "watchSeconds": watch_seconds},
             "endpoints": [],
         }
     )
@@ -114,6 +114,69 @@ def test_first_start_creates_the_secret_and_patches_every_ca_bundle(
     assert (
         len(api_server.requests_to("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", "PATCH")) == 2
     )
+
+
+def wait_for(condition: Any, what: str, log: pytest.LogCaptureFixture) -> None:
+    """A hang guard, not a measurement: fail with the log when ``condition`` does not come."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}:\n{log.text[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_the_ca_bundle_watch_outlives_broken_watches_and_restores_a_wipe(
+    api_server: apiserver.APIServer,
+    kube: kubeapi.KubeAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every way a watch breaks (the connection reset mid-stream, a line that is not JSON, a stream
+    that ends at once, a 410 Gone) ends one round; the next reads the configuration again and
+    watches on, and a wipe after all of them is still undone by the watch."""
+    caplog.set_level("INFO", "kube_sts.tls")
+    monkeypatch.setattr(tlsmanager, "WATCH_RETRY", 0.05)
+    add_webhooks(api_server)
+    faults = ["reset", "junk", "end", "gone"]
+    api_server.watch_faults = faults * len(WEBHOOKS)
+    tls = tlsmanager.TLSManager(runtime(watch_seconds=2), kube, directory=None)
+    tls.start()
+    try:
+        assert tls.secrets is not None
+        secrets = tls.secrets
+        [ca] = ca_bundles(api_server)
+        wait_for(lambda: not api_server.watch_faults, "every fault met a watch", caplog)
+        # each configuration's watch runs again: a round without a failure (a full-length watch)
+        rounds = dict(secrets.watch_rounds)
+        wait_for(
+            lambda: all(secrets.watch_rounds[n] > rounds[n] + 1 and secrets.watch_failures[n] == 0 for n in WEBHOOKS),
+            "the watches did not run again after the faults",
+            caplog,
+        )
+        for failure in ("Response ended prematurely", "not JSON", "ended the watch after", "ERROR 410"):
+            assert failure in caplog.text, failure
+        watches = [r for r in api_server.requests_to(apiserver_webhooks(), "GET") if r.query.get("watch") == ["true"]]
+        versions = [r.query.get("resourceVersion", [None])[0] for r in watches]
+        assert None not in versions  # never a watch the real server answers only once its cache caught up
+        assert "0" in versions  # after the 410: from the state the server holds, after a fresh read
+        obj = api_server.get("admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", "", WEBHOOKS[0])
+        assert obj is not None
+        for hook in obj["webhooks"]:
+            del hook["clientConfig"]["caBundle"]
+        api_server.put(obj)  # a GitOps replace
+        wait_for(lambda: ca_bundles_or_none(api_server) == {ca}, "the wiped caBundle was not restored", caplog)
+    finally:
+        tls.stop()
+
+
+def apiserver_webhooks() -> str:
+    return "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+def ca_bundles_or_none(api_server: apiserver.APIServer) -> set[bytes] | None:
+    try:
+        return ca_bundles(api_server)
+    except KeyError:  # a hook without a caBundle
+        return None
 
 
 def test_replicas_starting_together_end_with_one_ca(api_server: apiserver.APIServer) -> None:

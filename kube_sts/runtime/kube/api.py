@@ -21,7 +21,7 @@ import base64
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import kubernetes.client
@@ -191,6 +191,16 @@ class Secret:
             "type": self.type,
             "data": {key: base64.b64encode(value).decode("ascii") for key, value in sorted(self.data.items())},
         }
+
+
+def _watch_event(line: bytes, path: str) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise APIError(200, "BadResponse", f"GET {path}: a watch event is not JSON: {line[:80]!r}") from None
+    if not isinstance(event, dict):
+        raise APIError(200, "BadResponse", f"GET {path}: a watch event is not a JSON object")
+    return event
 
 
 def _quote(segment: str) -> str:
@@ -374,16 +384,25 @@ class KubeAPI:
         answer: dict[str, Any] = self.request("GET", f"{_WEBHOOKS}/{_quote(name)}")
         return answer
 
-    def watch_mutating_webhook(self, name: str, timeout_seconds: int) -> Iterator[dict[str, Any]]:
+    def watch_mutating_webhook(
+        self, name: str, timeout_seconds: int, resource_version: str | None = None
+    ) -> Generator[dict[str, Any], None, None]:
         """The watch events (``{"type": ..., "object": ...}``) of one MutatingWebhookConfiguration,
-        its current state first (``ADDED``), until the server ends the watch after ``timeout_seconds``.
+        until the server ends the watch after ``timeout_seconds``.
+
+        ``resource_version``: the changes after it (the ``resourceVersion`` of a read object: no
+        gap between the read and the watch); ``"0"``: the state the server holds first (``ADDED``),
+        then its changes. Unset, a real API server answers only once its watch cache is as recent
+        as etcd: where nothing else of the kind changes, it ends such a watch after 3 s with an
+        ``ERROR`` event ("Too large resource version", 504), so the caller passes one.
 
         The ``metadata.name`` field selector is what lets a ``watch`` limited by ``resourceNames``
-        be authorized: Kubernetes checks the name of a list or watch only from that selector."""
-        query = urllib.parse.urlencode(
-            {"watch": "true", "fieldSelector": f"metadata.name={name}", "timeoutSeconds": str(timeout_seconds)}
-        )
-        path = f"{_WEBHOOKS}?{query}"
+        be authorized: Kubernetes checks the name of a list or watch only from that selector.
+        A broken connection raises ``UnavailableError``, a line that is not JSON ``APIError``."""
+        parameters = {"watch": "true", "fieldSelector": f"metadata.name={name}", "timeoutSeconds": str(timeout_seconds)}
+        if resource_version is not None:
+            parameters["resourceVersion"] = resource_version
+        path = f"{_WEBHOOKS}?{urllib.parse.urlencode(parameters)}"
         serialized = self.api_client.param_serialize(
             "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
         )
@@ -407,8 +426,7 @@ class KubeAPI:
                     while b"\n" in buffer:
                         line, buffer = buffer.split(b"\n", 1)
                         if line.strip():
-                            event: dict[str, Any] = json.loads(line)
-                            yield event
+                            yield _watch_event(line, path)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise UnavailableError(0, type(exc).__name__, f"GET {path}: {exc}") from None
         finally:

@@ -62,9 +62,9 @@ MAX_ATTEMPTS = 5
 FILE_INTERVAL = 10.0
 RESYNC_INTERVAL = 300.0
 RETRY_INTERVAL = 15.0
-WATCH_SECONDS = 240
-"""Length of one watch on a webhook configuration (the API server ends it; a new one follows)."""
-WATCH_RETRY = 5.0
+WATCH_RETRY = 1.0
+"""First pause after a failed watch round; it doubles with each failure in a row up to ``WATCH_RETRY_MAX``."""
+WATCH_RETRY_MAX = 30.0
 
 Clock = Callable[[], float]
 
@@ -90,6 +90,10 @@ def _load_chain(context: ssl.SSLContext, certificate: bytes, private_key: bytes)
 
 class TLSSecretError(Exception):
     """The TLS Secret cannot be used or written; the message says what to do."""
+
+
+class _WatchEndedError(Exception):
+    """A watch round ended otherwise than by the API server's timeout."""
 
 
 def _utc(seconds: float) -> datetime.datetime:
@@ -329,6 +333,14 @@ class SecretManager:
         self.problem = ""
         """A lasting problem (foreign or corrupt Secret); empty when none."""
         self.webhook_problems: dict[str, str] = {}
+        self.watch_problems: dict[str, str] = {}
+        """Why the watch of a configuration fails, while it does (the periodic resync then runs
+        every ``RETRY_INTERVAL``)."""
+        self.watch_seconds = runtime.tls.watch_seconds
+        self.watch_failures: dict[str, int] = {name: 0 for name in self.webhooks}
+        """Failed watch rounds in a row, by configuration (0 while its watch runs)."""
+        self.watch_rounds: dict[str, int] = {name: 0 for name in self.webhooks}
+        """Watch rounds started, by configuration (the first, then one per renewal or retry)."""
 
     def reconcile(self) -> certificates.Bundle:
         """One pass: create or renew the Secret, serve it, align every webhook's caBundle."""
@@ -448,25 +460,72 @@ class SecretManager:
         self._webhook_ok(name)
 
     def watch_webhook(self, name: str, stopped: threading.Event) -> None:
-        """Until ``stopped``: watch the configuration ``name`` and restore its caBundle as soon as a
-        change (a GitOps replace or sync that wipes it) leaves it differing from the served CA."""
+        """Until ``stopped``: keep a watch on the configuration ``name`` and restore its caBundle as
+        soon as a change (a GitOps replace or sync that wipes it) leaves it differing from the served CA.
+
+        Each round reads the configuration, repairs it, and watches the changes after the
+        ``resourceVersion`` read, so nothing changed between two watches is missed; the API server
+        ends the watch after ``tls.watchSeconds`` and the next round reads again. An ``ERROR`` event
+        (410 Gone: that version left the server's watch cache; 504: the cache is behind), a broken
+        or ended stream, or any other failure ends the round: it is logged (once per distinct
+        failure), counted in ``watch_failures`` and retried after a pause that doubles up to
+        ``WATCH_RETRY_MAX``. After a 410 the next watch starts from the state the server holds
+        (``resourceVersion=0``), still after a fresh read. The thread only ends with ``stopped``."""
+        from_cache = False
         while not stopped.is_set():
+            self.watch_rounds[name] = self.watch_rounds.get(name, 0) + 1
+            started = time.monotonic()
             try:
-                for event in self.kube.watch_mutating_webhook(name, WATCH_SECONDS):
+                version = "0" if from_cache else self._read_and_repair(name)
+                if from_cache:
+                    self._read_and_repair(name)
+                from_cache = False
+                for event in self.kube.watch_mutating_webhook(name, self.watch_seconds, version):
                     if stopped.is_set():
                         return
-                    if event.get("type") == "ERROR":
-                        stopped.wait(WATCH_RETRY)  # e.g. 410 Gone: a new watch, without spinning
-                        break
-                    bundle = self.bundle
-                    if event.get("type") in {"ADDED", "MODIFIED"} and bundle is not None:
-                        wanted = base64.b64encode(bundle.ca_pem()).decode("ascii")
-                        hooks = (event.get("object") or {}).get("webhooks") or []
-                        if any((h.get("clientConfig") or {}).get("caBundle") != wanted for h in hooks):
-                            self._align_webhook(name, bundle.ca_pem())
-            except kubeapi.APIError as exc:
-                self._webhook_problem(name, f"cannot be watched: {exc}")
-                stopped.wait(WATCH_RETRY)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        from_cache = obj.get("code") == 410
+                        raise _WatchEndedError(f"ERROR {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
+                    self._watch_ok(name)
+                    if kind in {"ADDED", "MODIFIED"}:
+                        self._repair(name, obj)
+                lasted = time.monotonic() - started
+                if lasted < self.watch_seconds / 2:
+                    raise _WatchEndedError(f"the API server ended the watch after {lasted:.1f} s")
+                self._watch_ok(name)
+            except Exception as exc:  # any failure: the watch is resumed, never abandoned
+                if stopped.is_set():
+                    return
+                failures = self.watch_failures.get(name, 0) + 1
+                self.watch_failures[name] = failures
+                pause = min(WATCH_RETRY * 2 ** (failures - 1), WATCH_RETRY_MAX)
+                problem = f"cannot be watched ({type(exc).__name__}: {exc})"
+                if self.watch_problems.get(name) != problem:
+                    log.warning("MutatingWebhookConfiguration %s %s; watching again in %.3g s", name, problem, pause)
+                self.watch_problems[name] = problem
+                stopped.wait(pause)
+
+    def _read_and_repair(self, name: str) -> str:
+        """Read the configuration, restore its caBundle if it drifted; the ``resourceVersion`` read."""
+        current = self.kube.get_mutating_webhook(name)
+        self._repair(name, current)
+        version: str = current["metadata"]["resourceVersion"]
+        return version
+
+    def _repair(self, name: str, obj: Mapping[str, Any]) -> None:
+        bundle = self.bundle
+        if bundle is None:
+            return
+        wanted = base64.b64encode(bundle.ca_pem()).decode("ascii")
+        hooks = obj.get("webhooks") or []
+        if any((h.get("clientConfig") or {}).get("caBundle") != wanted for h in hooks):
+            self._align_webhook(name, bundle.ca_pem())
+
+    def _watch_ok(self, name: str) -> None:
+        if self.watch_problems.pop(name, None) is not None:
+            log.info("MutatingWebhookConfiguration %s is watched again", name)
+        self.watch_failures[name] = 0
 
     def _webhook_problem(self, name: str, problem: str) -> None:
         if self.webhook_problems.get(name) != problem:
@@ -530,7 +589,8 @@ class TLSManager:
                 log.warning("TLS Secret %s/%s: %s; retrying", self.secrets.namespace, self.secrets.name, exc)
             self._due = self.clock() + RETRY_INTERVAL
             return
-        webhook_retry = RETRY_INTERVAL if self.secrets.webhook_problems else self.resync_interval
+        failing = self.secrets.webhook_problems or self.secrets.watch_problems
+        webhook_retry = RETRY_INTERVAL if failing else self.resync_interval
         self._due = min(self.secrets.next_run(), self.clock() + webhook_retry)
 
     def start(self) -> None:
