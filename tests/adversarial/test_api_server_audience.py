@@ -11,9 +11,9 @@ import sys
 import pydantic
 import pytest
 
+from harness import runtime as harness
 from kube_sts.compiler import diagnostics, source
 from kube_sts.runtime import config
-from tests.runtime import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

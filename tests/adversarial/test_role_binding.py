@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.compiler import source
 from kube_sts.runtime import config
 from tests import awssts
-from tests.runtime import harness
 
 ACCOUNT = "123456789012"
 READER = f"arn:aws:iam::{ACCOUNT}:role/allowed-reader"

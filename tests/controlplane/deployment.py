@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import runtime as harness
 from tests.controlplane import cluster
-from tests.runtime import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -40,11 +40,11 @@ import pytest
 import requests
 from azure.identity import WorkloadIdentityCredential
 
+from harness import runtime as harness
 from kube_sts.runtime.kube import api as kubeapi
 from tests import entra, gcpsts
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
 
 ALGORITHMS = ["RS256", "ES256"]
 SUBJECT = f"{harness.CLUSTER}:myns:app"

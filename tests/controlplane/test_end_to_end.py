@@ -21,11 +21,11 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
+from harness.reviews import seed_pod
 from kube_sts.runtime import sidecar
 from tests import awssts
 from tests.controlplane import deployment
 from tests.controlplane.test_exchange import create_pod
-from tests.webhook.test_injection import seed_pod
 
 
 @pytest.fixture

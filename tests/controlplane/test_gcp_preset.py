@@ -26,11 +26,11 @@ import pytest
 import requests
 import yaml
 
+from harness import runtime as harness
 from kube_sts.runtime.webhook import injection
 from tests import gcpsts
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_exchange import claims
-from tests.runtime import harness
 
 EXAMPLE = deployment.EXAMPLES / "gcp"
 NAMESPACE = "analytics"

@@ -26,12 +26,12 @@ import joserfc.jwt
 import jwt
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.kube import api as kubeapi
 from tests import awssts
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
 
 ALGORITHMS = ["RS256", "ES256"]
 ISSUER = f"https://{harness.ISSUER_HOST}"

@@ -15,10 +15,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from ruamel.yaml import YAML
 
+from harness.reviews import seed_pod
 from image import build
 from kube_sts.runtime.webhook import injection
 from tests.e2e.test_image import PROBE, ROOT, locked, options_used_exist, render
-from tests.webhook.test_injection import seed_pod
 
 pytestmark = pytest.mark.slow
 
