@@ -22,8 +22,9 @@ from tests.e2e.test_image import PROBE, ROOT, locked, options_used_exist, render
 
 pytestmark = pytest.mark.slow
 
-FORBIDDEN = ("pip", "setuptools", "wheel", "jinja2", "ruamel", "_pytest", "pytest", "jwt", "hypothesis")
-"""Modules the image must not hold: packaging tools, the compiler's packages, test packages."""
+FORBIDDEN = ("pip", "setuptools", "wheel", "jinja2", "ruamel", "_pytest", "pytest", "jwt", "hypothesis", "harness")
+"""Modules the image must not hold: packaging tools, the compiler's packages, test packages, the
+test support (harness/)."""
 COMPILERS = ("cc", "gcc", "c++", "g++", "clang", "x86_64-linux-gnu-gcc-12", "ld", "as")
 
 
