@@ -28,12 +28,12 @@ import tempfile
 import time
 
 from bench import token_exchange
+from harness import runtime as harness
+from harness.reviews import review_body, seed_pod
 from kube_sts.runtime import server
 from kube_sts.runtime.keys import manager as keymanager
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.webhook import admission as webhook
-from tests.runtime import harness
-from tests.webhook.test_injection import review_body, seed_pod
 
 TARGET_RATE = 7000.0
 

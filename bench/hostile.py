@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.adversarial import attacks
+from harness import attacks
 
 
 def header_flood(runtime: Any, mib: float) -> dict[str, Any]:

@@ -30,10 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import admission, token_exchange
+from harness import runtime as harness
+from harness.reviews import review_body, seed_pod
 from kube_sts.runtime.webhook import admission as webhook
 from kube_sts.runtime.webhook import injection
-from tests.runtime import harness
-from tests.webhook.test_injection import review_body, seed_pod
 
 
 def _fill(make: Callable[[list[Any]], dict[str, Any]], item: Any) -> bytes:

@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 
-from tests.runtime import harness
-from tests.sidecar.test_sidecar import SA_TOKEN, TokenService
+from harness import runtime as harness
+from harness.token_service import SA_TOKEN, TokenService
 
 TARGET_RSS_MB = 20.0
 

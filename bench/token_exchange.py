@@ -37,13 +37,13 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from harness import apiserver
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.keys import keyset
 from kube_sts.runtime.keys import manager as keymanager
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.tokens import audit
-from tests import apiserver
-from tests.runtime import harness
 
 SERVER_CPU = 0
 CLIENT_CPU = 1

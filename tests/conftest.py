@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness import apiserver
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver
 
 
 @pytest.fixture

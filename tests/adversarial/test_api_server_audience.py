@@ -11,25 +11,14 @@ import sys
 import pydantic
 import pytest
 
+from harness import runtime as harness
 from kube_sts.compiler import diagnostics, source
 from kube_sts.runtime import config
-from tests.runtime import harness
+from tests.compiler.values_files import aws_values
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-GOOD = """\
-sts:
-  endpoints:
-  - name: aws
-    audience: sts.amazonaws.com
-    path: /aws
-    azRules:
-    - scope: filter
-      constraint: "(namespace=myns)"
-    issuer:
-      host: d1dexjaad4ian0.cloudfront.net
-      keypair: aws-keys
-"""
+GOOD = aws_values(injector=False)
 
 API_AUDIENCES = [
     "https://kubernetes.default.svc.cluster.local",

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from harness import attacks
+from harness import runtime as harness
+from harness.attacks import Runtime
 from kube_sts.runtime import server
 from kube_sts.runtime.http import limits
 from kube_sts.runtime.kube import api as kubeapi
-from tests.adversarial import attacks
-from tests.adversarial.attacks import Runtime
-from tests.runtime import harness
 
 
 class CountingBytes(bytes):

@@ -19,12 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import runtime as harness
+from harness.reviews import review_body, seed_pod
 from kube_sts.runtime import config, server
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.webhook import admission as webhook
 from kube_sts.runtime.webhook import injection
-from tests.runtime import harness
-from tests.webhook.test_injection import CA, review_body, runtime, seed_pod
+from tests.webhook.test_injection import CA, runtime
 
 PATH = "/mutate/aws"
 

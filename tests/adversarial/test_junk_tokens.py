@@ -22,10 +22,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from harness import apiserver
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver
-from tests.runtime import harness
 
 ROLE = "arn:aws:iam::123456789012:role/app"
 REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"

@@ -10,11 +10,11 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+from harness import apiserver
 from kube_sts.runtime import config
 from kube_sts.runtime.keys import keyset
 from kube_sts.runtime.keys import manager as keymanager
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver
 
 NAMESPACE = "kube-sts"
 SECRET = "aws-keys"

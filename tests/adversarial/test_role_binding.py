@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.compiler import source
 from kube_sts.runtime import config
 from tests import awssts
-from tests.runtime import harness
+from tests.compiler.values_files import aws_values
 
 ACCOUNT = "123456789012"
 READER = f"arn:aws:iam::{ACCOUNT}:role/allowed-reader"
@@ -116,23 +117,7 @@ def test_trust_policy_statements() -> None:
 
 # -- the compiler warns when rules decide on role but the token cannot carry it ---------------------
 
-VALUES = """\
-sts:
-  endpoints:
-  - name: aws
-    audience: sts.amazonaws.com
-    path: /aws
-    azRules:
-    - scope: filter
-      constraint: "(&(namespace=myns)(role=arn:aws:iam::123456789012:role/allowed-*))"
-    issuer:
-      host: d1dexjaad4ian0.cloudfront.net
-      keypair: aws-keys
-    injector:
-      label: aws-role
-      token_environment_variable_name: AWS_WEB_IDENTITY_TOKEN_FILE
-      label_value_environment_variable_name: AWS_ROLE_ARN
-"""
+VALUES = aws_values("(&(namespace=myns)(role=arn:aws:iam::123456789012:role/allowed-*))")
 
 
 def test_no_warning_when_the_default_sub_carries_the_role() -> None:

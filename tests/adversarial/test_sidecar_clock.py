@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime import sidecar
-from tests.runtime import harness
 
 LIFETIME = 600
 

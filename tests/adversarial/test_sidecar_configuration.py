@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.runtime import harness
+from harness import runtime as harness
 
 URL = "https://127.0.0.1:9/aws/token"  # never contacted: the configuration is checked first
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
+from harness.token_service import TokenService, jwt
 from kube_sts.runtime import sidecar
-from tests.runtime import harness
-from tests.sidecar.test_sidecar import TokenService, command, jwt, wait_for
+from tests.sidecar.test_sidecar import command, wait_for
 
 GOOD = b"good-token-already-on-disk"
 NEW = jwt(2_000_000_000, filler=600).encode()  # 868 bytes, as in the report

@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import Iterator
 
+from harness import attacks
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.http import limits, transport
 from kube_sts.runtime.http import messages as web
 from kube_sts.runtime.kube import api as kubeapi
-from tests.adversarial import attacks
-from tests.runtime import harness
 
 
 def test_stalled_connections_are_closed(tmp_path: pathlib.Path) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.kube import api as kubeapi
-from tests.runtime import harness
 
 
 def segment(data: bytes) -> str:

@@ -10,30 +10,11 @@ import pytest
 import ruamel.yaml
 
 from kube_sts.compiler import diagnostics, manifest, source
-
-VALUES = """\
-sts:
-  endpoints:
-  - name: aws
-    audience: sts.amazonaws.com
-    path: /aws
-    azRules:
-    - scope: filter
-      constraint: "(namespace=myns)"
-    issuer:
-      host: d1dexjaad4ian0.cloudfront.net
-      keypair: aws-keys
-      keys:
-        waitForPublication: {wait}
-    injector:
-      label: aws-role
-      token_environment_variable_name: AWS_WEB_IDENTITY_TOKEN_FILE
-      label_value_environment_variable_name: AWS_ROLE_ARN
-"""
+from tests.compiler.values_files import aws_values
 
 
 def values(wait: bool = True, extra: str = "") -> str:
-    return VALUES.replace("{wait}", "true" if wait else "false") + extra
+    return aws_values(issuer=f"      keys:\n        waitForPublication: {'true' if wait else 'false'}\n") + extra
 
 
 def rendered(text: str, kind: str) -> dict[str, Any]:

@@ -18,26 +18,11 @@ from hypothesis import strategies as st
 
 from kube_sts.compiler import cli, diagnostics, manifest, render, source
 from kube_sts.runtime import config
+from tests.compiler.values_files import aws_values
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-GOOD = """\
-sts:
-  endpoints:
-  - name: aws
-    audience: sts.amazonaws.com
-    path: /aws
-    azRules:
-    - scope: filter
-      constraint: "(namespace=myns)"
-    issuer:
-      host: d1dexjaad4ian0.cloudfront.net
-      keypair: aws-keys
-    injector:
-      label: aws-role
-      token_environment_variable_name: AWS_WEB_IDENTITY_TOKEN_FILE
-      label_value_environment_variable_name: AWS_ROLE_ARN
-"""
+GOOD = aws_values()
 
 
 def second(**changes: str) -> str:

@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from harness import runtime as harness
 from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import binaries
-from tests.runtime import harness
 
 SERVICE_CIDR = "127.10.0.0/24"
 # The issuer and audience of the API server's own service-account tokens.

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import cluster, deployment
 
@@ -45,6 +46,12 @@ def runtime(deployed: deployment.Deployment, tmp_path_factory: pytest.TempPathFa
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> harness.TLSFiles:
+    """A throw-away CA and a serving certificate for 127.0.0.1, for token services in the test process."""
+    return harness.make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,14 @@ import sys
 import time
 from typing import Any
 
+import jsonpatch
+import kubernetes_validate
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import reviews
+from harness import runtime as harness
 from tests.controlplane import cluster
-from tests.runtime import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -263,3 +266,58 @@ class ServiceConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
         self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
+def admit(runtime: Runtime, endpoint: str, pod: dict[str, Any], uid: str) -> dict[str, Any]:
+    """``pod`` as the runtime's ``POST /mutate/<endpoint>`` patches it (an AdmissionReview with
+    ``uid``, in the Pod's namespace), the patch applied with jsonpatch and the result validated
+    strictly against the Kubernetes schemas."""
+    body = reviews.review_body(pod, uid=uid, namespace=pod["metadata"]["namespace"])
+    status, answer = runtime.post(f"/mutate/{endpoint}", body, {"Content-Type": "application/json"})
+    assert status == 200, answer
+    assert answer["response"]["uid"] == uid and answer["response"]["allowed"] is True, answer
+    patched: dict[str, Any] = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer["response"]["patch"])))
+    for version in ("1.29", "1.31", "1.33"):
+        kubernetes_validate.validate(patched, version, strict=True)
+    return patched
+
+
+class InjectedSidecar:
+    """The sidecar container ``side`` of a patched Pod, run as a process of the test as the kubelet
+    would: the Pod's files (every ``/var/run/secrets/`` path, also inside its variables) mapped
+    under ``directory``, the Service's URL mapped to ``runtime``'s local port, the ServiceAccount
+    token ``sa_token`` in its projected file. ``start`` returns once its startup probe passes."""
+
+    def __init__(self, runtime: Runtime, side: dict[str, Any], directory: pathlib.Path, sa_token: str) -> None:
+        self.base = f"https://localhost:{runtime.port}"
+        self.directory = directory
+        for mount in side["volumeMounts"]:
+            pathlib.Path(self.local(mount["mountPath"])).mkdir(parents=True)
+        args = dict(zip(side["args"], side["args"][1:], strict=False))
+        pathlib.Path(self.local(args["--service-account-token"])).write_text(sa_token)
+        self.token_file = pathlib.Path(self.local(args["--token-file"]))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "KUBE_STS_"))}
+        self.env.update({e["name"]: self.local(e["value"]) for e in side["env"]})
+        bin_dir = pathlib.Path(sys.executable).parent
+        self.command = [str(bin_dir / side["command"][0]), *map(self.local, side["args"])]
+        probe = side["startupProbe"]["exec"]["command"]
+        self.probe = [str(bin_dir / probe[0]), *map(self.local, probe[1:])]
+
+    def local(self, value: str) -> str:
+        """A path or URL of the Pod, as the test's process reaches it."""
+        value = value.replace("https://kube-sts.kube-sts.svc", self.base)
+        return value.replace("/var/run/secrets/", f"{self.directory}/")
+
+    def start(self, timeout: float = 15) -> subprocess.Popen[str]:
+        """The sidecar's process, once its startup probe passes (stopped again if it never does)."""
+        process = subprocess.Popen(self.command, env=self.env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while subprocess.run(self.probe, check=False).returncode != 0:
+                assert process.poll() is None and time.monotonic() < deadline, "no token"
+                time.sleep(0.1)
+        except BaseException:
+            process.terminate()
+            process.communicate(timeout=10)
+            raise
+        return process

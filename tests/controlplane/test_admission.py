@@ -10,11 +10,12 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from harness.reviews import ROLE, seed_pod
 from kube_sts.runtime import config, server
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.webhook import injection
 from tests.controlplane import cluster, deployment
-from tests.webhook.test_injection import CA, ROLE, seed_pod
+from tests.webhook.test_injection import CA
 
 SIDECAR = "kube-sts-aws"
 RESTRICTED_CONTAINER = {

@@ -23,9 +23,7 @@ what it exchanges are TokenRequests bound to a real Pod in ``myns``, reviewed by
 
 from __future__ import annotations
 
-import base64
 import datetime
-import json
 import pathlib
 import time
 from collections.abc import Iterator
@@ -40,11 +38,12 @@ import pytest
 import requests
 from azure.identity import WorkloadIdentityCredential
 
+from harness import runtime as harness
 from kube_sts.runtime.kube import api as kubeapi
 from tests import entra, gcpsts
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
+from tests.controlplane.token_service import Service, serve, tamper
 
 ALGORITHMS = ["RS256", "ES256"]
 SUBJECT = f"{harness.CLUSTER}:myns:app"
@@ -57,43 +56,6 @@ GCP_PROVIDER = "//iam.googleapis.com/projects/123/locations/global/workloadIdent
 GCP_OTHER_PROVIDER = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/p/providers/other"
 GCP_AUDIENCE = "https:" + GCP_PROVIDER
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> harness.TLSFiles:
-    return harness.make_tls(tmp_path_factory.mktemp("tls"))
-
-
-class Service:
-    """The running token service (endpoints ``azure`` and ``gcp``) and a way to mint through it."""
-
-    def __init__(
-        self, running: harness.RunningServer, tls: harness.TLSFiles, plane: cluster.ControlPlane, pod: dict[str, Any]
-    ) -> None:
-        self.running = running
-        self.app = running.app
-        self.tls = tls
-        self.plane = plane
-        self.pod = pod
-        self.context = tls.client_context()
-        self.algorithm = running.app.runtime.endpoints[0].token.algorithm
-
-    def mint(self, endpoint: str) -> str:
-        """A token from ``POST /<endpoint>/token``, for a Pod of service account ``app`` in ``myns``."""
-        sa_token = self.plane.token("myns", "app", harness.STS_AUDIENCE, pod=self.pod)
-        request = requests.post(
-            f"{self.running.url}/{endpoint}/token",
-            headers={"Authorization": f"Bearer {sa_token}"},
-            verify=str(self.tls.ca),
-            timeout=10,
-        )
-        request.raise_for_status()
-        return str(request.json()["token"])
-
-    def age_tokens(self, seconds: int) -> None:
-        """Tokens minted from now on look ``seconds`` old (lifetime one hour)."""
-        for state in self.app.endpoints.values():
-            state.minter.clock = lambda: time.time() - seconds
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +88,8 @@ def service(
         ),
         harness.endpoint("gcp", algorithm=algorithm, audience=GCP_AUDIENCE, host="gcp-issuer.example", label=None),
     )
-    app = harness.make_app(runtime, runtime_kube, keys_dir)
-    with harness.RunningServer(app, tls) as running:
-        yield Service(running, tls, control_plane, pod)
-
-
-def tamper(token: str) -> str:
-    header, payload, signature = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["namespace"] = "kube-system"
-    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    return f"{header}.{forged}.{signature}"
+    with serve(runtime, runtime_kube, keys_dir, tls, control_plane, pod) as service:
+        yield service
 
 
 # -- Azure ------------------------------------------------------------------------------------

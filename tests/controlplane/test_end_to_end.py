@@ -11,21 +11,18 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import botocore.session
-import jsonpatch
-import kubernetes_validate
 import pytest
 
+from harness.reviews import seed_pod
 from kube_sts.runtime import sidecar
 from tests import awssts
 from tests.controlplane import deployment
 from tests.controlplane.test_exchange import create_pod
-from tests.webhook.test_injection import seed_pod
 
 
 @pytest.fixture
@@ -57,24 +54,7 @@ def test_end_to_end(runtime: deployment.Runtime, tmp_path: pathlib.Path, monkeyp
     pod = seed_pod()
     pod["metadata"]["namespace"] = "myns"
     pod["spec"]["serviceAccountName"] = "app"
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "e2e-1",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "namespace": "myns",
-            "object": pod,
-        },
-    }
-    status, answer = runtime.post("/mutate/aws", json.dumps(review).encode(), {"Content-Type": "application/json"})
-    assert status == 200, answer
-    assert answer["response"]["uid"] == "e2e-1" and answer["response"]["allowed"] is True
-    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer["response"]["patch"])))
-    for version in ("1.29", "1.31", "1.33"):
-        kubernetes_validate.validate(patched, version, strict=True)
+    patched = deployment.admit(runtime, "aws", pod, "e2e-1")
     [side] = [c for c in patched["spec"]["initContainers"] if c["name"] == "kube-sts-aws"]
     [app] = patched["spec"]["containers"]
     # the sidecar trusts the CA the runtime created, and so does the API server (caBundle)
@@ -85,31 +65,10 @@ def test_end_to_end(runtime: deployment.Runtime, tmp_path: pathlib.Path, monkeyp
     # the Pod's files, mapped into the temp directory; the Service URL mapped to the local port
     stored = create_pod(plane, "myns", "end-to-end", labelled=False)
     sa_token = plane.token("myns", "app", runtime.config["stsAudience"], pod=stored)
-    mapped = tmp_path / "pod"
-
-    def local(value: str) -> str:
-        value = value.replace("https://kube-sts.kube-sts.svc", base)
-        return value.replace("/var/run/secrets/", f"{mapped}/") if value.startswith("/var/run/") else value
-
-    for mount in side["volumeMounts"]:
-        pathlib.Path(local(mount["mountPath"])).mkdir(parents=True)
-    sa_file = pathlib.Path(local(side["args"][side["args"].index("--service-account-token") + 1]))
-    sa_file.write_text(sa_token)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({e["name"]: e["value"] for e in side["env"]})
-    bin_dir = pathlib.Path(sys.executable).parent
-    command = [str(bin_dir / side["command"][0]), *map(local, side["args"])]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    token_file = pathlib.Path(local(dict(zip(side["args"], side["args"][1:], strict=False))["--token-file"]))
-    probe = [
-        str(bin_dir / side["startupProbe"]["exec"]["command"][0]),
-        *map(local, side["startupProbe"]["exec"]["command"][1:]),
-    ]
+    injected = deployment.InjectedSidecar(runtime, side, tmp_path / "pod", sa_token)
+    local, env, command, token_file = injected.local, injected.env, injected.command, injected.token_file
+    process = injected.start()
     try:
-        deadline = time.monotonic() + 15
-        while subprocess.run(probe, check=False).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline, "no token"
-            time.sleep(0.1)
         assert oct(token_file.stat().st_mode & 0o777) == "0o644"
         token = token_file.read_text()
         minted = claims(token)

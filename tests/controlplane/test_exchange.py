@@ -15,10 +15,10 @@ import botocore.session
 import jwt
 import pytest
 
+from harness.reviews import ROLE, seed_pod
 from tests import awssts
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import named
-from tests.webhook.test_injection import ROLE, seed_pod
 
 
 @pytest.fixture

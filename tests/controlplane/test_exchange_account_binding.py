@@ -17,13 +17,13 @@ from typing import Any
 import jwt
 import pytest
 
+from harness import runtime as harness
+from harness.reviews import seed_pod
 from kube_sts.runtime import config, server
 from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import cluster
 from tests.controlplane.test_admission import named
-from tests.runtime import harness
 from tests.runtime.test_token_service import exchange
-from tests.webhook.test_injection import seed_pod
 
 BOUND = "arn:aws:iam::123456789012:role/bound"
 OTHER = "arn:aws:iam::123456789012:role/other"

@@ -8,29 +8,22 @@ access token from the verifying Google STS double (``tests/gcpsts.py``)."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import pathlib
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import google.auth.identity_pool
 import google.auth.transport.requests
-import jsonpatch
-import kubernetes_validate
 import pytest
 import requests
 import yaml
 
+from harness import runtime as harness
 from kube_sts.runtime.webhook import injection
 from tests import gcpsts
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_exchange import claims
-from tests.runtime import harness
 
 EXAMPLE = deployment.EXAMPLES / "gcp"
 NAMESPACE = "analytics"
@@ -43,11 +36,6 @@ SERVICE_ACCOUNT = "reader@my-project.iam.gserviceaccount.com"
 def example_documents(directory: pathlib.Path) -> list[dict[str, Any]]:
     stream = deployment.compile_example(EXAMPLE, directory)
     return [d for d in yaml.safe_load_all(stream) if d]
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> harness.TLSFiles:
-    return harness.make_tls(tmp_path_factory.mktemp("gcp-double-tls"))
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +75,6 @@ def gcp_runtime(
         replica.stop()
 
 
-def review(pod: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "gcp-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "operation": "CREATE",
-                "namespace": NAMESPACE,
-                "object": pod,
-            },
-        }
-    ).encode()
-
-
 def pod(identity: str, name: str = "reader") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -119,15 +90,7 @@ def pod(identity: str, name: str = "reader") -> dict[str, Any]:
 
 
 def admitted(runtime: deployment.Runtime, identity: str, name: str = "reader") -> dict[str, Any]:
-    status, answer = runtime.post("/mutate/gcp", review(pod(identity, name)), {"Content-Type": "application/json"})
-    assert status == 200, answer
-    assert answer["response"]["allowed"] is True, answer
-    patched: dict[str, Any] = jsonpatch.apply_patch(
-        pod(identity, name), json.loads(base64.b64decode(answer["response"]["patch"]))
-    )
-    for version in ("1.29", "1.31", "1.33"):
-        kubernetes_validate.validate(patched, version, strict=True)
-    return patched
+    return deployment.admit(runtime, "gcp", pod(identity, name), "gcp-1")
 
 
 def test_google_auth_obtains_a_token_from_the_injected_files_alone(
@@ -156,33 +119,11 @@ def test_google_auth_obtains_a_token_from_the_injected_files_alone(
 
     # The Pod's files mapped into the temp directory (every /var/run/secrets/ path, also inside the
     # sidecar's variables), the Service URL mapped to the runtime's local port.
-    base = f"https://localhost:{gcp_runtime.port}"
-    mapped = tmp_path / "pod"
-
-    def local(value: str) -> str:
-        value = value.replace("https://kube-sts.kube-sts.svc", base)
-        return value.replace("/var/run/secrets/", f"{mapped}/")
-
-    for mount in side["volumeMounts"]:
-        pathlib.Path(local(mount["mountPath"])).mkdir(parents=True)
-    args = dict(zip(side["args"], side["args"][1:], strict=False))
     sa_token = plane.token(NAMESPACE, ACCOUNT, gcp_runtime.config["stsAudience"], pod=stored)
-    pathlib.Path(local(args["--service-account-token"])).write_text(sa_token)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "KUBE_STS_"))}
-    env.update({e["name"]: local(e["value"]) for e in side["env"]})
-    bin_dir = pathlib.Path(sys.executable).parent
-    process = subprocess.Popen(
-        [str(bin_dir / side["command"][0]), *map(local, side["args"])], env=env, stderr=subprocess.PIPE, text=True
-    )
-    probe = [
-        str(bin_dir / side["startupProbe"]["exec"]["command"][0]),
-        *map(local, side["startupProbe"]["exec"]["command"][1:]),
-    ]
+    injected = deployment.InjectedSidecar(gcp_runtime, side, tmp_path / "pod", sa_token)
+    base, local = injected.base, injected.local
+    process = injected.start()
     try:
-        deadline = time.monotonic() + 15
-        while subprocess.run(probe, check=False).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline, "no token"
-            time.sleep(0.1)
         configuration = pathlib.Path(local(app_env["GOOGLE_APPLICATION_CREDENTIALS"]))
         assert oct(configuration.stat().st_mode & 0o777) == "0o644"
         minted = claims(pathlib.Path(local(app_env["KUBE_STS_TOKEN_FILE"])).read_text())

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.reviews import seed_pod
 from kube_sts.runtime.tls import manager as tlsmanager
 from tests.controlplane import cluster, conftest, deployment
 from tests.controlplane.test_admission import SIDECAR, create, named
-from tests.webhook.test_injection import seed_pod
 
 MIRROR = "registry.corp.example/mirror/kube-sts"
 DIGEST = "sha256:" + "ab" * 32

@@ -18,10 +18,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from harness.reviews import ROLE, review_body, seed_pod
 from kube_sts.runtime import config
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import create, named
-from tests.webhook.test_injection import ROLE, review_body, seed_pod, validate
+from tests.webhook.test_injection import validate
 
 MESH_ADDRESS = "127.10.0.250"
 """The mesh webhook's ClusterIP (inside ``cluster.SERVICE_CIDR``, away from the allocator's first picks)."""

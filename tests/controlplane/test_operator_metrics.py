@@ -9,9 +9,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.reviews import seed_pod
 from tests.controlplane import deployment
 from tests.controlplane.test_admission import create, named
-from tests.webhook.test_injection import seed_pod
 
 
 def samples(runtime: deployment.Runtime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

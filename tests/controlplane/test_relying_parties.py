@@ -8,8 +8,6 @@ document and JWKS over HTTPS, as they would from the issuer's host.
 
 from __future__ import annotations
 
-import base64
-import json
 import pathlib
 import ssl
 import time
@@ -26,54 +24,18 @@ import joserfc.jwt
 import jwt
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.kube import api as kubeapi
 from tests import awssts
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
+from tests.controlplane.token_service import Service, serve, tamper
 
 ALGORITHMS = ["RS256", "ES256"]
 ISSUER = f"https://{harness.ISSUER_HOST}"
 AUDIENCE = "sts.amazonaws.com"
 ROLE = "arn:aws:iam::123456789012:role/app"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> harness.TLSFiles:
-    return harness.make_tls(tmp_path_factory.mktemp("tls"))
-
-
-class Service:
-    """The running token service plus what a test needs to call it."""
-
-    def __init__(
-        self, running: harness.RunningServer, tls: harness.TLSFiles, plane: cluster.ControlPlane, pod: dict[str, Any]
-    ) -> None:
-        self.running = running
-        self.app = running.app
-        self.tls = tls
-        self.plane = plane
-        self.pod = pod
-        self.context = tls.client_context()
-
-    @property
-    def endpoint_base(self) -> str:
-        """Where the issuer's documents are served: stands in for https://issuer.example."""
-        return f"{self.running.url}/aws"
-
-    def get(self, path: str) -> tuple[Any, Any]:
-        with urllib.request.urlopen(self.running.url + path, context=self.context, timeout=10) as response:
-            return json.loads(response.read()), response.headers
-
-    def exchange(self) -> str:
-        sa_token = self.plane.token("myns", "app", harness.STS_AUDIENCE, pod=self.pod)
-        request = urllib.request.Request(
-            self.running.url + "/aws/token", method="POST", headers={"Authorization": f"Bearer {sa_token}"}
-        )
-        with urllib.request.urlopen(request, context=self.context, timeout=10) as response:
-            body = json.loads(response.read())
-        return str(body["token"])
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +56,8 @@ def service(
     algorithm = request.param
     harness.write_keyset(tmp_path, "aws", algorithm, count=2)
     runtime = harness.runtime_config(harness.endpoint(algorithm=algorithm, session_tags=True))
-    app = harness.make_app(runtime, runtime_kube, tmp_path)
-    with harness.RunningServer(app, tls) as running:
-        yield Service(running, tls, control_plane, pod)
-
-
-def tamper(token: str) -> str:
-    header, payload, signature = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["namespace"] = "kube-system"
-    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    return f"{header}.{forged}.{signature}"
+    with serve(runtime, runtime_kube, tmp_path, tls, control_plane, pod) as service:
+        yield service
 
 
 def joserfc_verify(token: str, jwks: Any, algorithm: str, audience: str = AUDIENCE) -> dict[str, Any]:
@@ -140,7 +93,7 @@ def pyjwt_verify(service: Service, token: str, algorithm: str, audience: str = A
 
 def test_minted_tokens_verify_with_two_libraries(service: Service) -> None:
     algorithm = service.app.runtime.endpoints[0].token.algorithm
-    token = service.exchange()
+    token = service.mint()
     jwks, headers = service.get("/aws/certs")
     assert len(jwks["keys"]) == 2
     assert "max-age=" in headers["Cache-Control"] and int(headers["Cache-Control"].split("max-age=")[1]) > 0
@@ -153,7 +106,7 @@ def test_minted_tokens_verify_with_two_libraries(service: Service) -> None:
 
 def test_tampered_tokens_are_rejected(service: Service) -> None:
     algorithm = service.app.runtime.endpoints[0].token.algorithm
-    forged = tamper(service.exchange())
+    forged = tamper(service.mint())
     jwks, _ = service.get("/aws/certs")
     with pytest.raises(joserfc.errors.BadSignatureError):
         joserfc_verify(forged, jwks, algorithm)
@@ -163,7 +116,7 @@ def test_tampered_tokens_are_rejected(service: Service) -> None:
 
 def test_wrong_audience_is_rejected(service: Service) -> None:
     algorithm = service.app.runtime.endpoints[0].token.algorithm
-    token = service.exchange()
+    token = service.mint()
     jwks, _ = service.get("/aws/certs")
     with pytest.raises(joserfc.errors.InvalidClaimError):
         joserfc_verify(token, jwks, algorithm, audience="api://AzureADTokenExchange")
@@ -175,7 +128,7 @@ def test_expired_tokens_are_rejected(service: Service) -> None:
     algorithm = service.app.runtime.endpoints[0].token.algorithm
     for state in service.app.endpoints.values():
         state.minter.clock = lambda: time.time() - 7200  # minted two hours ago, lifetime one hour
-    token = service.exchange()
+    token = service.mint()
     jwks, _ = service.get("/aws/certs")
     with pytest.raises(joserfc.errors.ExpiredTokenError):
         joserfc_verify(token, jwks, algorithm)
@@ -213,7 +166,7 @@ def botocore_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 def test_botocore_web_identity_with_a_minted_token(
     service: Service, sts: awssts.AWSSTS, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
-    frozen = botocore_credentials(monkeypatch, tmp_path, sts.url, service.exchange())
+    frozen = botocore_credentials(monkeypatch, tmp_path, sts.url, service.mint())
     assert sts.errors == []
     [call] = sts.calls
     assert frozen.access_key == call.access_key_id and frozen.token
@@ -226,12 +179,12 @@ def test_botocore_is_refused_a_tampered_token(
     service: Service, sts: awssts.AWSSTS, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     with pytest.raises(botocore.exceptions.ClientError, match="InvalidIdentityToken"):
-        botocore_credentials(monkeypatch, tmp_path, sts.url, tamper(service.exchange()))
+        botocore_credentials(monkeypatch, tmp_path, sts.url, tamper(service.mint()))
     assert sts.calls == [] and sts.errors[0][0] == "InvalidIdentityToken"
 
 
 def test_sts_double_checks_issuer_audience_and_expiry(service: Service, sts: awssts.AWSSTS) -> None:
-    token = service.exchange()
+    token = service.mint()
     claims, _ = sts.verify(token, ROLE)
     assert claims["iss"] == ISSUER
     sts.providers[ISSUER].client_ids = ("api://AzureADTokenExchange",)

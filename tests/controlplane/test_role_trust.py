@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime.kube import api as kubeapi
 from tests import awssts
 from tests.adversarial.test_role_binding import ACCOUNT, ADMIN, AUDIENCE, HOST, READER, RULE, readme_trust_policy
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
 
 _pods = itertools.count(1)
 

@@ -14,9 +14,9 @@ import time
 import urllib.error
 import urllib.request
 
+from harness import runtime as harness
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime import config, server
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.tls import certificates
 from kube_sts.runtime.tls import manager as tlsmanager
 from tests.controlplane import cluster
-from tests.runtime import harness
 from tests.tls.test_tlsmanager import DAY, NAMES, Client, Clock, Server
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import jwt
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.tokens import minter
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
 
 ROLE = "arn:aws:iam::123456789012:role/app"
 _pods = itertools.count(1)

@@ -33,13 +33,13 @@ import pytest
 import requests
 from azure.identity import WorkloadIdentityCredential
 
+from harness import runtime as harness
 from kube_sts.compiler import source
 from kube_sts.compiler.trust import command
 from kube_sts.runtime.kube import api as kubeapi
 from tests import awssts, entra, gcpsts, vault
 from tests.controlplane import cluster
 from tests.controlplane.test_exchange import create_pod
-from tests.runtime import harness
 
 ACCOUNT = "123456789012"
 READER = f"arn:aws:iam::{ACCOUNT}:role/allowed-reader"

@@ -20,9 +20,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from harness.reviews import seed_pod
 from kube_sts.runtime import config
 from kube_sts.runtime.webhook import injection
-from tests.webhook.test_injection import CA, seed_pod
+from tests.webhook.test_injection import CA
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

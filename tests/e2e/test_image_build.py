@@ -15,15 +15,16 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from ruamel.yaml import YAML
 
+from harness.reviews import seed_pod
 from image import build
 from kube_sts.runtime.webhook import injection
 from tests.e2e.test_image import PROBE, ROOT, locked, options_used_exist, render
-from tests.webhook.test_injection import seed_pod
 
 pytestmark = pytest.mark.slow
 
-FORBIDDEN = ("pip", "setuptools", "wheel", "jinja2", "ruamel", "_pytest", "pytest", "jwt", "hypothesis")
-"""Modules the image must not hold: packaging tools, the compiler's packages, test packages."""
+FORBIDDEN = ("pip", "setuptools", "wheel", "jinja2", "ruamel", "_pytest", "pytest", "jwt", "hypothesis", "harness")
+"""Modules the image must not hold: packaging tools, the compiler's packages, test packages, the
+test support (harness/)."""
 COMPILERS = ("cc", "gcc", "c++", "g++", "clang", "x86_64-linux-gnu-gcc-12", "ld", "as")
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import pathlib
 
+from harness import runtime as harness
 from kube_sts.compiler import keys as keys_cli
 from kube_sts.runtime import server
 from kube_sts.runtime.keys import manager as keymanager
 from kube_sts.runtime.kube import api as kubeapi
-from tests.runtime import harness
 
 
 def run(*argv: str) -> tuple[int, str]:

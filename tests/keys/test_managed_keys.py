@@ -7,11 +7,11 @@ from __future__ import annotations
 import base64
 import pathlib
 
+from harness import apiserver
 from kube_sts.runtime import config
 from kube_sts.runtime.keys import keyset
 from kube_sts.runtime.keys import manager as keymanager
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver
 
 NAMESPACE = "kube-sts"
 SECRET = "aws-keys"

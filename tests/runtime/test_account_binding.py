@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import jwt
 import pytest
 
+from harness import apiserver
+from harness import runtime as harness
 from kube_sts.runtime import config, server
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver
-from tests.runtime import harness
 from tests.runtime.test_token_service import exchange
 
 BOUND = "arn:aws:iam::123456789012:role/bound"

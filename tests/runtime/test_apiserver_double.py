@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness import apiserver
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver
 
 WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 

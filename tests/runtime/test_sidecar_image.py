@@ -7,9 +7,9 @@ from typing import Any, cast
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.runtime import config, server
 from kube_sts.runtime.kube import api as kubeapi
-from tests.runtime import harness
 
 
 def _runtime(**changes: Any) -> config.RuntimeConfig:

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness import apiserver
+from harness import runtime as harness
 from kube_sts.runtime import server
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.tokens import callers
-from tests import apiserver
-from tests.runtime import harness
 
 ROLE = "arn:aws:iam::123456789012:role/app"
 

@@ -30,9 +30,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness import runtime as harness
+from harness.token_service import SA_TOKEN, jwt
 from kube_sts.runtime import sidecar
-from tests.runtime import harness
-from tests.sidecar.test_sidecar import SA_TOKEN, jwt
 
 
 class FakeConnection:

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from harness import apiserver
 from kube_sts.runtime import config
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.tls import certificates
 from kube_sts.runtime.tls import manager as tlsmanager
-from tests import apiserver
 
 NAMES = ["kube-sts", "kube-sts.kube-sts", "kube-sts.kube-sts.svc", "kube-sts.kube-sts.svc.cluster.local"]
 WEBHOOKS = ("kube-sts", "kube-sts-extra")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from harness import runtime as harness
 from kube_sts.compiler import doctor
 from kube_sts.runtime.keys import keyset
-from tests.runtime import harness
 
 ROLE = "arn:aws:iam::123456789012:role/allowed-reader"
 OTHER = "arn:aws:iam::123456789012:role/allowed-writer"

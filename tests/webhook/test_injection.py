@@ -12,47 +12,15 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
+from harness import runtime as harness
+from harness.reviews import ROLE, review_body, seed_pod
 from kube_sts.runtime import config, sidecar
 from kube_sts.runtime.http import messages as web
 from kube_sts.runtime.webhook import admission as webhook
 from kube_sts.runtime.webhook import injection
-from tests.runtime import harness
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 VERSIONS = ("1.29", "1.31", "1.33")
-ROLE = "arn:aws:iam::123456789012:role/ou-sts-oidc"
-
-
-def seed_pod() -> dict[str, Any]:
-    """The Pod of the seed's example Deployment (aws-test-python-simple)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": "aws-test-python-simple-",
-            "namespace": "default",
-            "annotations": {"tremolo.io/aws-role": ROLE},
-            "labels": {"app": "aws-test-python-simple", "tremolo.io/aws-role": "true"},
-        },
-        "spec": {
-            "containers": [
-                {
-                    "env": [{"name": "AWS_REGION", "value": "us-east-1"}],
-                    "image": "harbor.qalab.tremolo.dev/lab/aws-test-python",
-                    "imagePullPolicy": "Always",
-                    "name": "aws-cli",
-                    "resources": {},
-                    "terminationMessagePath": "/dev/termination-log",
-                    "terminationMessagePolicy": "File",
-                }
-            ],
-            "dnsPolicy": "ClusterFirst",
-            "restartPolicy": "Always",
-            "schedulerName": "default-scheduler",
-            "securityContext": {},
-            "terminationGracePeriodSeconds": 30,
-        },
-    }
 
 
 def runtime(*endpoints: config.Endpoint, native: bool = True) -> config.RuntimeConfig:
@@ -244,23 +212,6 @@ def test_sidecar_user_follows_a_non_root_pod_user() -> None:
     patched = apply(rt, pod)
     validate(patched)
     assert patched["spec"]["initContainers"][0]["securityContext"]["runAsUser"] == 1234
-
-
-def review_body(pod: Any, **changes: Any) -> bytes:
-    document: dict[str, Any] = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "namespace": "default",
-            "object": pod,
-        },
-    }
-    document["request"].update(changes)
-    return json.dumps(document).encode()
 
 
 def test_review_answer() -> None:

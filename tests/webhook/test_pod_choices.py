@@ -16,23 +16,14 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from harness import apiserver
+from harness import runtime as harness
+from harness.reviews import ROLE, review_body, seed_pod
 from kube_sts.runtime import config
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.webhook import admission as webhook
 from kube_sts.runtime.webhook import injection
-from tests import apiserver
-from tests.runtime import harness
-from tests.webhook.test_injection import (
-    CA,
-    ROLE,
-    apply,
-    env_of,
-    review_body,
-    runtime,
-    seed_pod,
-    two_endpoints,
-    validate,
-)
+from tests.webhook.test_injection import CA, apply, env_of, runtime, two_endpoints, validate
 
 MESH = {"name": "istio-proxy", "image": "istio/proxyv2", "args": ["proxy", "sidecar"]}
 MESH_INIT = {"name": "istio-init", "image": "istio/proxyv2", "args": ["istio-iptables"]}

@@ -12,10 +12,11 @@ import pydantic
 import pytest
 import ruamel.yaml
 
+from harness import runtime as harness
+from harness.reviews import seed_pod
 from kube_sts.runtime import config
 from kube_sts.runtime.webhook import injection
-from tests.runtime import harness
-from tests.webhook.test_injection import apply, env_of, runtime, seed_pod, validate
+from tests.webhook.test_injection import apply, env_of, runtime, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROVIDER = "projects/123/locations/global/workloadIdentityPools/pool1/providers/kube-sts"

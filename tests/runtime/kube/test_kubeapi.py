@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from harness import apiserver
 from kube_sts.runtime.kube import api as kubeapi
-from tests import apiserver
 
 STS_AUDIENCE = "kube-sts"
 

@@ -49,7 +49,7 @@ The tests that still need it, one line each with the fault or record it needs:
   (request log), discovery refused with 403, the cluster's signing key rotated at run time, a
   250 ms delay under a junk flood.
 - tests/adversarial/test_lost_key_secret.py: an API outage (500) at the key handover.
-- tests/adversarial/attacks.py (test_headers.py, test_slowloris.py, bench/hostile.py): a runtime
+- harness/attacks.py (tests/adversarial/test_headers.py, test_slowloris.py, bench/hostile.py): a runtime
   process under HTTP attack; the API server only has to be up, and off the tier bench/hostile.py
   needs no control plane and the slowloris waits stay out of the tier's budget.
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from tests import apiserver
-from tests.runtime import harness
+from harness import apiserver
+from harness.runtime import free_port, write_kubeconfig
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 VALUES = ROOT / "examples" / "aws" / "values.yaml"
 HOST = "127.0.0.1"
 
@@ -72,11 +72,11 @@ class Runtime:
         self.config_file = tmp / "config.json"
         self.config_file.write_text(json.dumps(runtime_config))
         self.api = api
-        kubeconfig = harness.write_kubeconfig(tmp / "kubeconfig", api.url)
+        kubeconfig = write_kubeconfig(tmp / "kubeconfig", api.url)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AWS_"))}
         self.env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
         self.keys = tmp / "keys"
-        self.port = harness.free_port()
+        self.port = free_port()
         self.base = f"https://localhost:{self.port}"
         self.process: subprocess.Popen[str] | None = None
 
