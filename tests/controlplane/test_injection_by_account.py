@@ -26,10 +26,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.reviews import seed_pod
 from kube_sts.runtime import config
 from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import create, named
-from tests.webhook.test_injection import seed_pod
 
 LISTED = "irsa-team"
 """The namespace the module's endpoint selects by ServiceAccount (never labelled by the test)."""

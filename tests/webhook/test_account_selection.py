@@ -19,13 +19,14 @@ import pydantic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import runtime as harness
+from harness.reviews import review_body, seed_pod
 from kube_sts.runtime import config
 from kube_sts.runtime.http import messages as web
 from kube_sts.runtime.kube import api as kubeapi
 from kube_sts.runtime.webhook import admission as webhook
 from kube_sts.runtime.webhook import injection
-from tests.runtime import harness
-from tests.webhook.test_injection import CA, env_of, review_body, runtime, seed_pod, validate
+from tests.webhook.test_injection import CA, env_of, runtime, validate
 
 SA_ROLE = "arn:aws:iam::123456789012:role/bound-to-the-service-account"
 TEAM = "team-a"
