@@ -476,10 +476,8 @@ class SecretManager:
             self.watch_rounds[name] = self.watch_rounds.get(name, 0) + 1
             started = time.monotonic()
             try:
-                version = "0" if from_cache else self._read_and_repair(name)
-                if from_cache:
-                    self._read_and_repair(name)
-                from_cache = False
+                read = self._read_and_repair(name)
+                version, from_cache = ("0" if from_cache else read), False
                 for event in self.kube.watch_mutating_webhook(name, self.watch_seconds, version):
                     if stopped.is_set():
                         return
