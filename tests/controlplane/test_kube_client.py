@@ -7,7 +7,9 @@ window in which a deleted Pod's token is still accepted stays in tests/runtime/t
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -136,8 +138,9 @@ _HOOK: dict[str, Any] = {
 }
 
 
-def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin_kube: kubeapi.KubeAPI) -> None:
-    name = "kube-sts-client-test"
+@contextlib.contextmanager
+def _configuration(control_plane: cluster.ControlPlane, name: str) -> Iterator[None]:
+    """The MutatingWebhookConfiguration ``name`` with ``_HOOK``, for the block's duration."""
     control_plane.apply(
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -147,6 +150,14 @@ def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin_
         }
     )
     try:
+        yield
+    finally:
+        control_plane.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
+
+
+def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin_kube: kubeapi.KubeAPI) -> None:
+    name = "kube-sts-client-test"
+    with _configuration(control_plane, name):
         before = admin_kube.get_mutating_webhook(name)
         assert "caBundle" not in before["webhooks"][0]["clientConfig"]
         patched = admin_kube.patch_mutating_webhook(
@@ -169,8 +180,6 @@ def test_webhook_configuration_patch(control_plane: cluster.ControlPlane, admin_
         assert stored is not None and stored["webhooks"] == strategic["webhooks"]
         with pytest.raises(kubeapi.NotFoundError):
             admin_kube.get_mutating_webhook("missing")
-    finally:
-        control_plane.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
 
 
 def test_webhook_configuration_watch_needs_the_version_read(
@@ -182,15 +191,7 @@ def test_webhook_configuration_watch_needs_the_version_read(
     every 10 s) the watch ends after 3 s with an ERROR "Too large resource version" (504) and
     shows nothing. From the ``resourceVersion`` of a read it streams the next change."""
     name = "kube-sts-watch-test"
-    control_plane.apply(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [_HOOK],
-        }
-    )
-    try:
+    with _configuration(control_plane, name):
         control_plane.kubectl("create", "configmap", "moves-etcd-on", "-n", namespace)
         events = list(admin_kube.watch_mutating_webhook(name, 5))
         [error] = events
@@ -205,5 +206,3 @@ def test_webhook_configuration_watch_needs_the_version_read(
         assert event["type"] == "MODIFIED"
         assert event["object"]["webhooks"][0]["clientConfig"]["caBundle"] == "Q0E="
         watch.close()
-    finally:
-        control_plane.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")

@@ -39,6 +39,21 @@ def selecting(*namespaces: str, **options: Any) -> config.Endpoint:
     return config.Endpoint.model_validate(document)
 
 
+def vault_endpoint(**injector: Any) -> config.Endpoint:
+    """A Vault endpoint (not AWS: the EKS keys do not count for it) with these injector settings."""
+    return config.Endpoint.model_validate(
+        {
+            "name": "vault",
+            "preset": "vault",
+            "path": "/vault",
+            "azRules": [{"scope": "filter", "constraint": "(namespace=team-a)"}],
+            "vault": {"address": "https://vault.example.com:8200"},
+            "issuer": {"host": "sts.example.com", "keypair": "vault-keys"},
+            "injector": {"label": "vault-role", **injector},
+        }
+    )
+
+
 def unlabelled(namespace: str = TEAM) -> dict[str, Any]:
     """The seed's Pod as an IRSA workload has it: no label, no annotation of ours."""
     pod = seed_pod()
@@ -118,17 +133,7 @@ def test_the_opt_out_labels_keep_a_pod_out(label: str) -> None:
 
 
 def test_the_eks_opt_out_label_counts_for_aws_endpoints_only() -> None:
-    vault = config.Endpoint.model_validate(
-        {
-            "name": "vault",
-            "preset": "vault",
-            "path": "/vault",
-            "azRules": [{"scope": "filter", "constraint": "(namespace=team-a)"}],
-            "vault": {"address": "https://vault.example.com:8200"},
-            "issuer": {"host": "sts.example.com", "keypair": "vault-keys"},
-            "injector": {"label": "vault-role", "serviceAccountNamespaces": [TEAM]},
-        }
-    )
+    vault = vault_endpoint(serviceAccountNamespaces=[TEAM])
     assert vault.skip_labels == (config.SKIP_LABEL,)
     assert vault.account_role_keys == ("tremolo.io/vault-role",)
     rt = runtime(vault)
@@ -206,17 +211,7 @@ def test_a_service_account_lifetime_out_of_bounds_is_refused_at_admission(key: s
 
 
 def test_the_eks_lifetime_key_counts_for_aws_endpoints_only() -> None:
-    vault = config.Endpoint.model_validate(
-        {
-            "name": "vault",
-            "preset": "vault",
-            "path": "/vault",
-            "azRules": [{"scope": "filter", "constraint": "(namespace=team-a)"}],
-            "vault": {"address": "https://vault.example.com:8200"},
-            "issuer": {"host": "sts.example.com", "keypair": "vault-keys"},
-            "injector": {"label": "vault-role"},
-        }
-    )
+    vault = vault_endpoint()
     assert vault.lifetime_for(None, {config.EKS_LIFETIME_ANNOTATION: "86400"}) == 3600
     assert vault.lifetime_for(None, {config.LIFETIME_ANNOTATION: "700"}) == 700
 
