@@ -14,11 +14,17 @@
   ``https://<issuer.host>`` with ``jwks_uri`` ``https://<host>/certs`` and a JWKS of the one key,
   ``kid`` ``<subject DN>-<issuer DN>-<serial>`` (Java's ``getName()`` forms), ``use`` ``sig``,
   ``alg`` ``RS256``.
+- The injector (``openunison-kube-sts``'s ``sts-injector-<endpoint>`` Application, a JavaScript
+  filter; registered by ``openunison-kube-sts-pre`` as the MutatingWebhookConfiguration
+  ``injector-<endpoint>``: ``failurePolicy: Ignore``, ``reinvocationPolicy: IfNeeded``, Pods with
+  the label ``tremolo.io/<label>``): ``inject`` ports it line by line, including what it gets
+  wrong (see there).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
 import secrets
 import time
@@ -124,3 +130,134 @@ def mint(key: rsa.RSAPrivateKey, *, host: str, audience: str, cluster: str, name
         "saname": saname,
     }
     return jwt.encode(claims, key, algorithm="RS256", headers={"typ": None})
+
+
+SIDECAR = "sts-creds-sidecar"
+VOLUME = "sts-tokens"
+TOKEN_FILE = "/tokens/token.jwt"
+IMAGE = "ghcr.io/openunisonio/openunison-cli:1.0.43"
+
+
+def webhook(endpoint: str = "aws") -> dict[str, Any]:
+    """The webhook entry of ``injector-<endpoint>`` (its name and policies, as the chart sets them)."""
+    return {
+        "name": f"injector-{endpoint}.tremolo.io",
+        "failurePolicy": "Ignore",
+        "reinvocationPolicy": "IfNeeded",
+        "sideEffects": "NoneOnDryRun",
+    }
+
+
+def inject(
+    pod: dict[str, Any],
+    *,
+    label: str = "aws-role",
+    token_variable: str = "AWS_WEB_IDENTITY_TOKEN_FILE",
+    role_variable: str = "AWS_ROLE_ARN",
+    url: str = "https://k8sou.example.com/sts/token/user",
+) -> list[dict[str, Any]] | None:
+    """The JSONPatch OpenUnison's injector answers for ``pod`` (None: no patch, the Pod lacks the
+    annotation ``tremolo.io/<label>``), with ``explicit_certificate_trust`` off.
+
+    A port of the filter's ``doFilter``, keeping its ways: the lists it patches are the Pod's own,
+    appended to in place and serialized at the end (a later append shows in an earlier
+    operation's value); every container gets the two variables appended whether it has them or
+    not (``replace`` of the whole ``env``), and the mount at ``/tokens`` unless it mounts a volume
+    named ``sts-tokens`` (whatever else it mounts there); its sidecar goes first in
+    ``initContainers`` (removed and added again on a reinvocation); for each other init container
+    at index ``i`` it checks the mounts of *application* container ``i`` (the chart's slip), and
+    fails (a TypeError in JavaScript, an HTTP 500 the API server ignores, as ``failurePolicy:
+    Ignore`` says) when there is no application container ``i``: here an ``IndexError``.
+    """
+    pod = copy.deepcopy(pod)  # the filter parses the review afresh
+    metadata = pod.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    role = annotations.get(f"tremolo.io/{label}")
+    if not role:
+        return None
+    inject_mounts = annotations.get("tremolo.io/create-volume") != "false"
+    spec = pod["spec"]
+    patches: list[dict[str, Any]] = []
+    for i, container in enumerate(spec["containers"]):
+        env = container.get("env")
+        op = "replace"
+        if env is None:  # JavaScript: ``!env`` (an empty array is truthy)
+            env, op = [], "add"
+        env.append({"name": token_variable, "value": TOKEN_FILE})
+        env.append({"name": role_variable, "value": role})
+        patches.append({"op": op, "path": f"/spec/containers/{i}/env", "value": env})
+        op = "replace"
+        mounts = container.get("volumeMounts")
+        exists = False
+        if mounts is None:
+            mounts, op = [], "add"
+        else:
+            exists = any(mount.get("name") == VOLUME for mount in mounts)
+        if not exists:
+            mounts.append({"mountPath": "/tokens", "name": VOLUME, "readOnly": True})
+            patches.append({"op": op, "path": f"/spec/containers/{i}/volumeMounts", "value": mounts})
+    security: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["all"]}}
+    sidecar: dict[str, Any] = {
+        "image": IMAGE,
+        "name": SIDECAR,
+        "args": [
+            "exchange",
+            "--cacert-path=/etc/ssl/certs/ca-certificates.crt",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            url,
+            "/tokens",
+        ],
+        "securityContext": security,
+        "env": [],
+        "restartPolicy": "Always",
+        "volumeMounts": [{"mountPath": "/tokens", "name": VOLUME, "readOnly": False}],
+    }
+    user = int(annotations.get("tremolo.io/user", "0"))
+    group = int(annotations.get("tremolo.io/group", "0"))
+    if user > 0:
+        security["runAsUser"] = user
+    if group > 0:
+        security["runAsGroup"] = group
+    already, index, current = False, 0, {}
+    init_containers = spec.get("initContainers")
+    if init_containers is None:
+        patches.append({"op": "add", "path": "/spec/initContainers", "value": []})
+    else:
+        for i, init in enumerate(init_containers):
+            if init.get("name") == SIDECAR:
+                already, index, current = True, i, init
+                continue
+            env = init.get("env")
+            op = "replace"
+            if env is None:
+                env, op = [], "add"
+            env.append({"name": token_variable, "value": TOKEN_FILE})
+            env.append({"name": role_variable, "value": role})
+            patches.append({"op": op, "path": f"/spec/initContainers/{i}/env", "value": env})
+            op = "replace"
+            found = False
+            mounts = spec["containers"][i].get("volumeMounts")  # sic: containers, not initContainers
+            if mounts is None:
+                mounts, op = [], "add"
+            else:
+                found = any(mount.get("name") == VOLUME for mount in mounts)
+            if not found:
+                mounts.append({"mountPath": "/tokens", "name": VOLUME, "readOnly": True})
+                patches.append({"op": op, "path": f"/spec/initContainers/{i}/volumeMounts", "value": mounts})
+    if already:
+        patches.append({"op": "remove", "path": f"/spec/initContainers/{index}"})
+        sidecar = current
+    patches.append({"op": "add", "path": "/spec/initContainers/0", "value": sidecar})
+    volumes = spec.get("volumes")
+    op = "replace"
+    exists = False
+    if volumes is None:
+        volumes, op = [], "add"
+    else:
+        exists = any(volume.get("name") == VOLUME for volume in volumes)
+    if not exists:
+        if inject_mounts:
+            volumes.append({"name": VOLUME, "emptyDir": {}})
+        if volumes:
+            patches.append({"op": op, "path": "/spec/volumes", "value": volumes})
+    return patches

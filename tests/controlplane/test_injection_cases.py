@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import pathlib
 import ssl
 import threading
 from collections.abc import Iterator
@@ -67,61 +68,90 @@ class _Mesh(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class SecondWebhook:
+    """A mutating webhook server of the test process at ``address``:443 behind a Service
+    ``namespace/service`` (a ClusterIP inside ``cluster.SERVICE_CIDR``), with a certificate of a CA
+    of its own for the Service's name (``ca_bundle``: that CA, base64, for ``clientConfig``).
+    ``stop`` shuts the server down."""
+
+    def __init__(
+        self,
+        plane: cluster.ControlPlane,
+        directory: pathlib.Path,
+        handler: type[http.server.BaseHTTPRequestHandler],
+        *,
+        address: str,
+        namespace: str,
+        service: str,
+    ) -> None:
+        self.namespace, self.service = namespace, service
+        ca = cluster._CA.create(f"{service} webhook CA")
+        certificate, key = ca.issue(cluster._name(service), client=False, dns=(f"{service}.{namespace}.svc",))
+        (directory / "tls.crt").write_bytes(certificate)
+        (directory / "tls.key").write_bytes(key)
+        plane.create_namespace(namespace)
+        plane.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": service, "namespace": namespace},
+                "spec": {"clusterIP": address, "ports": [{"port": 443, "targetPort": 443}]},
+            }
+        )
+        self.server = http.server.ThreadingHTTPServer((address, 443), handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(directory / "tls.crt"), str(directory / "tls.key"))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        ca_pem = ca.certificate.public_bytes(serialization.Encoding.PEM)
+        self.ca_bundle = base64.b64encode(ca_pem).decode()
+
+    def configuration(self, name: str, hook: dict[str, Any], *, path: str, label: str) -> dict[str, Any]:
+        """A MutatingWebhookConfiguration ``name`` of one webhook (``hook``: its name and
+        policies) calling this server at ``path``, for Pods that carry the label ``label``."""
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [
+                {
+                    **hook,
+                    "admissionReviewVersions": ["v1"],
+                    "clientConfig": {
+                        "service": {"name": self.service, "namespace": self.namespace, "path": path, "port": 443},
+                        "caBundle": self.ca_bundle,
+                    },
+                    "objectSelector": {"matchExpressions": [{"key": label, "operator": "Exists"}]},
+                    "rules": [
+                        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
+                    ],
+                }
+            ],
+        }
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="module")
 def mesh(runtime: deployment.Runtime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
     """The mesh webhook: a Service at ``MESH_ADDRESS``:443, its server there, and a
     MutatingWebhookConfiguration that sorts after ours (the API server calls them by name), for
     Pods labelled ``MESH_LABEL`` only. Yields the Pods it reviewed."""
     plane = runtime.deployment.plane
-    directory = tmp_path_factory.mktemp("mesh")
-    ca = cluster._CA.create("mesh webhook CA")
-    certificate, key = ca.issue(cluster._name("mesh"), client=False, dns=("mesh.mesh-system.svc",))
-    (directory / "tls.crt").write_bytes(certificate)
-    (directory / "tls.key").write_bytes(key)
-    plane.create_namespace("mesh-system")
-    plane.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "mesh", "namespace": "mesh-system"},
-            "spec": {"clusterIP": MESH_ADDRESS, "ports": [{"port": 443, "targetPort": 443}]},
-        }
-    )
     reviews: list[dict[str, Any]] = []
     handler = type("Mesh", (_Mesh,), {"reviews": reviews})
-    server = http.server.ThreadingHTTPServer((MESH_ADDRESS, 443), handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(directory / "tls.crt"), str(directory / "tls.key"))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    ca_pem = ca.certificate.public_bytes(serialization.Encoding.PEM).decode()
-    webhooks = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "zz-mesh"},
-        "webhooks": [
-            {
-                "name": "proxy.mesh.example",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": "Fail",
-                "clientConfig": {
-                    "service": {"name": "mesh", "namespace": "mesh-system", "path": "/inject", "port": 443},
-                    "caBundle": base64.b64encode(ca_pem.encode()).decode(),
-                },
-                "objectSelector": {"matchExpressions": [{"key": MESH_LABEL, "operator": "Exists"}]},
-                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            }
-        ],
-    }
-    plane.apply(webhooks)
+    server = SecondWebhook(
+        plane, tmp_path_factory.mktemp("mesh"), handler, address=MESH_ADDRESS, namespace="mesh-system", service="mesh"
+    )
+    hook = {"name": "proxy.mesh.example", "sideEffects": "None", "failurePolicy": "Fail"}
+    plane.apply(server.configuration("zz-mesh", hook, path="/inject", label=MESH_LABEL))
     try:
         yield reviews
     finally:
         plane.kubectl("delete", "mutatingwebhookconfiguration", "zz-mesh", "--ignore-not-found")
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def meshed(namespace: str, name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from kube_sts.runtime import config, sidecar
 from kube_sts.runtime.http import messages as web
 from kube_sts.runtime.webhook import admission as webhook
 from kube_sts.runtime.webhook import injection
+from tests import openunison
 
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 VERSIONS = ("1.29", "1.31", "1.33")
@@ -357,3 +358,31 @@ def test_token_path_is_set_per_endpoint(native: bool) -> None:
 def test_token_path_must_be_a_safe_file_in_a_folder_of_its_own(token_path: str) -> None:
     with pytest.raises(ValueError, match=r"tokenPath|token_path"):
         openunison_endpoint(token_path)
+
+
+@pytest.mark.parametrize("token_path", ["/tokens/token.jwt", None])
+def test_a_pod_openunison_injected_first_keeps_its_mount_and_variables(token_path: str | None) -> None:
+    """The hand-over (README, "Migrating from OpenUnison", step 4): OpenUnison's webhook sorts
+    first and has injected the Pod; kube-sts adds no second mount at ``/tokens`` (the API server
+    would refuse the Pod) and no variable the containers already set, so they keep reading
+    OpenUnison's token. The control-plane tier runs both webhooks (test_openunison_handover.py)."""
+    endpoint = openunison_endpoint(token_path) if token_path else harness.endpoint()
+    rt = runtime(endpoint)
+    patches = openunison.inject(seed_pod())
+    assert patches is not None
+    pod = jsonpatch.apply_patch(seed_pod(), patches)
+    validate(pod)
+    patched = apply(rt, pod)
+    validate(patched)
+    spec = patched["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["kube-sts-aws", openunison.SIDECAR]
+    for container in spec["initContainers"] + spec["containers"]:
+        paths = [m["mountPath"] for m in container["volumeMounts"]]
+        assert len(paths) == len(set(paths)), container["name"]
+        names = [v["name"] for v in container.get("env", [])]
+        assert len(names) == len(set(names)), container["name"]
+    [app] = spec["containers"]
+    assert {"name": openunison.VOLUME, "mountPath": "/tokens", "readOnly": True} in app["volumeMounts"]
+    assert env_of(app)["AWS_WEB_IDENTITY_TOKEN_FILE"] == openunison.TOKEN_FILE
+    assert ("kube-sts-aws-token" in {m["name"] for m in app["volumeMounts"]}) is (token_path is None)
+    assert injection.patch(rt, rt.endpoints, patched, CA).operations == []
