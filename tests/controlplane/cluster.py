@@ -42,6 +42,10 @@ from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import binaries
 
 SERVICE_CIDR = "127.10.0.0/24"
+STATIC_CLUSTER_IPS = {"mesh": "127.10.0.14", "openunison": "127.10.0.13"}
+"""ClusterIPs tests set themselves, in the CIDR's static band (its first 16 addresses): the API
+server allocates the ClusterIPs it picks from the band above first, where a fixed address could
+already belong to a Service whose runtime listens on it (KEP-3070)."""
 # The issuer and audience of the API server's own service-account tokens.
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 

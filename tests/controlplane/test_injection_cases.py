@@ -25,8 +25,8 @@ from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import create, named
 from tests.webhook.test_injection import validate
 
-MESH_ADDRESS = "127.10.0.250"
-"""The mesh webhook's ClusterIP (inside ``cluster.SERVICE_CIDR``, away from the allocator's first picks)."""
+MESH_ADDRESS = cluster.STATIC_CLUSTER_IPS["mesh"]
+"""The mesh webhook's ClusterIP."""
 MESH_LABEL = "kube-sts-test/mesh"
 MESH_CONTAINER = {"name": "mesh-proxy", "image": "registry.example/mesh-proxy:1", "args": ["proxy"]}
 SA_ROLE = "arn:aws:iam::123456789012:role/bound-to-the-service-account"

@@ -25,8 +25,8 @@ from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import create, named
 from tests.controlplane.test_injection_cases import SecondWebhook, containers
 
-OPENUNISON_ADDRESS = "127.10.0.249"
-"""OpenUnison's Service ClusterIP (inside ``cluster.SERVICE_CIDR``, beside the mesh's)."""
+OPENUNISON_ADDRESS = cluster.STATIC_CLUSTER_IPS["openunison"]
+"""OpenUnison's Service ClusterIP."""
 PATH = "/k8s/webhooks/v1/injector-aws"
 BEFORE_OURS = "injector-aws"  # OpenUnison's own name for it: called before kube-sts-aws
 AFTER_OURS = "zz-injector-aws"
