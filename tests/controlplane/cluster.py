@@ -4,9 +4,9 @@
 client certificate in ``system:masters`` and the service-account signing key, starts etcd on a
 fresh data directory and kube-apiserver on free ports, and waits for ``/readyz``.
 
-The Service CIDR lies inside 127.0.0.0/8 (``SERVICE_CIDR``): the API server dials a webhook's
-``clientConfig.service`` at the Service's ClusterIP and port itself (no kube-proxy), so a
-runtime listening on that loopback address is reached through the compiled
+The Service CIDR lies inside 127.0.0.0/8 (``service_network``, one per control plane of the run): the API
+server dials a webhook's ``clientConfig.service`` at the Service's ClusterIP and port itself (no
+kube-proxy), so a runtime listening on that loopback address is reached through the compiled
 MutatingWebhookConfiguration unchanged.
 
 What a cluster without controllers lacks (tests create what they use): no ``default``
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import itertools
 import json
 import os
 import pathlib
@@ -41,11 +42,22 @@ from harness import runtime as harness
 from kube_sts.runtime.kube import api as kubeapi
 from tests.controlplane import binaries
 
-SERVICE_CIDR = "127.10.0.0/24"
-STATIC_CLUSTER_IPS = {"mesh": "127.10.0.14", "openunison": "127.10.0.13"}
-"""ClusterIPs tests set themselves, in the CIDR's static band (its first 16 addresses): the API
-server allocates the ClusterIPs it picks from the band above first, where a fixed address could
-already belong to a Service whose runtime listens on it (KEP-3070)."""
+_planes = itertools.count()
+
+
+def _service_network() -> ipaddress.IPv4Network:
+    """A Service CIDR no other control plane of this test run has: ``127.<10+k>.<n>.0/24`` for the
+    k-th control plane of pytest-xdist worker ``gw<n>`` (``n`` = 0 outside xdist). Runtimes listen
+    on their Services' ClusterIPs on this host, so two clusters (two workers', or a throw-away
+    plane beside the session's) must never hand out the same address."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return ipaddress.IPv4Network(f"127.{10 + next(_planes) % 240}.{worker % 256}.0/24")
+
+
+STATIC_CLUSTER_IPS = {"mesh": 14, "openunison": 13}
+"""ClusterIPs tests set themselves, as offsets in the CIDR's static band (its first 16 addresses):
+the API server allocates the ClusterIPs it picks from the band above first (KEP-3070), so a fixed
+address there could already belong to a Service whose runtime listens on it."""
 # The issuer and audience of the API server's own service-account tokens.
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 
@@ -154,6 +166,7 @@ class ControlPlane:
     def __init__(self, directory: pathlib.Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self.service_network = _service_network()
         self.binaries = binaries.ensure()
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._admin_api: kubeapi.KubeAPI | None = None
@@ -163,7 +176,7 @@ class ControlPlane:
             _name("kube-apiserver"),
             client=False,
             dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ips=("127.0.0.1", "127.10.0.1"),
+            ips=("127.0.0.1", str(self.service_network[1])),
         )
         self._serving = (
             _write(directory / "apiserver.crt", serving_cert),
@@ -234,7 +247,7 @@ class ControlPlane:
                 f"--service-account-issuer={API_AUDIENCE}",
                 f"--api-audiences={API_AUDIENCE}",
                 "--authorization-mode=Node,RBAC",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_network}",
                 "--profiling=false",
             ],
         )
@@ -290,6 +303,10 @@ class ControlPlane:
         answer = self.kubectl("get", resource, name, *scope, "-o", "json", "--ignore-not-found")
         found: dict[str, Any] | None = json.loads(answer.stdout) if answer.stdout.strip() else None
         return found
+
+    def static_ip(self, name: str) -> str:
+        """The ClusterIP a test's own Service ``name`` of ``STATIC_CLUSTER_IPS`` takes in this cluster."""
+        return str(self.service_network[STATIC_CLUSTER_IPS[name]])
 
     def apply(self, *documents: dict[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}))

@@ -93,5 +93,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if pathlib.Path(str(item.fspath)).is_relative_to(here):
             item.add_marker(pytest.mark.controlplane)
-            # one worker runs the whole tier: its runtimes bind the Service CIDR's fixed ClusterIPs
-            item.add_marker(pytest.mark.xdist_group("controlplane"))

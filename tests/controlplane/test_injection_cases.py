@@ -25,8 +25,6 @@ from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import create, named
 from tests.webhook.test_injection import validate
 
-MESH_ADDRESS = cluster.STATIC_CLUSTER_IPS["mesh"]
-"""The mesh webhook's ClusterIP."""
 MESH_LABEL = "kube-sts-test/mesh"
 MESH_CONTAINER = {"name": "mesh-proxy", "image": "registry.example/mesh-proxy:1", "args": ["proxy"]}
 SA_ROLE = "arn:aws:iam::123456789012:role/bound-to-the-service-account"
@@ -70,7 +68,7 @@ class _Mesh(http.server.BaseHTTPRequestHandler):
 
 class SecondWebhook:
     """A mutating webhook server of the test process at ``address``:443 behind a Service
-    ``namespace/service`` (a ClusterIP inside ``cluster.SERVICE_CIDR``), with a certificate of a CA
+    ``namespace/service`` (a ClusterIP of the cluster's Service CIDR), with a certificate of a CA
     of its own for the Service's name (``ca_bundle``: that CA, base64, for ``clientConfig``).
     ``stop`` shuts the server down."""
 
@@ -136,14 +134,19 @@ class SecondWebhook:
 
 @pytest.fixture(scope="module")
 def mesh(runtime: deployment.Runtime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
-    """The mesh webhook: a Service at ``MESH_ADDRESS``:443, its server there, and a
+    """The mesh webhook: a Service at its static ClusterIP:443, its server there, and a
     MutatingWebhookConfiguration that sorts after ours (the API server calls them by name), for
     Pods labelled ``MESH_LABEL`` only. Yields the Pods it reviewed."""
     plane = runtime.deployment.plane
     reviews: list[dict[str, Any]] = []
     handler = type("Mesh", (_Mesh,), {"reviews": reviews})
     server = SecondWebhook(
-        plane, tmp_path_factory.mktemp("mesh"), handler, address=MESH_ADDRESS, namespace="mesh-system", service="mesh"
+        plane,
+        tmp_path_factory.mktemp("mesh"),
+        handler,
+        address=plane.static_ip("mesh"),
+        namespace="mesh-system",
+        service="mesh",
     )
     hook = {"name": "proxy.mesh.example", "sideEffects": "None", "failurePolicy": "Fail"}
     plane.apply(server.configuration("zz-mesh", hook, path="/inject", label=MESH_LABEL))

@@ -25,8 +25,6 @@ from tests.controlplane import cluster, deployment
 from tests.controlplane.test_admission import create, named
 from tests.controlplane.test_injection_cases import SecondWebhook, containers
 
-OPENUNISON_ADDRESS = cluster.STATIC_CLUSTER_IPS["openunison"]
-"""OpenUnison's Service ClusterIP."""
 PATH = "/k8s/webhooks/v1/injector-aws"
 BEFORE_OURS = "injector-aws"  # OpenUnison's own name for it: called before kube-sts-aws
 AFTER_OURS = "zz-injector-aws"
@@ -93,7 +91,7 @@ def ou(runtime: deployment.Runtime, tmp_path_factory: pytest.TempPathFactory) ->
         plane,
         tmp_path_factory.mktemp("openunison"),
         handler,
-        address=OPENUNISON_ADDRESS,
+        address=plane.static_ip("openunison"),
         namespace="openunison",
         service="openunison-orchestra",
     )
