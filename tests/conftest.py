@@ -1,4 +1,4 @@
-"""Shared fixtures: the Kubernetes API server double and a client bound to it."""
+"""Shared fixtures (the Kubernetes API server double and a client bound to it) and the run order."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def kube(api_server: apiserver.APIServer) -> Iterator[kubeapi.KubeAPI]:
     client = kubeapi.KubeAPI.for_host(api_server.url, token="test-runtime-token", timeout=2.0)
     yield client
     client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files holding tests marked ``slow`` run first (in their order; the rest keep theirs):
+    pytest-xdist hands whole files to whichever worker is free, so a minute-long file handed out
+    last would keep one worker busy while the other idles."""
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)
