@@ -34,6 +34,7 @@ import datetime
 import fnmatch
 import http.server
 import json
+import pathlib
 import re
 import secrets
 import ssl
@@ -44,6 +45,7 @@ import urllib.request
 from typing import Any
 from xml.sax.saxutils import escape
 
+import pytest
 from jwcrypto import jwk, jws
 
 NS = "https://sts.amazonaws.com/doc/2011-06-15/"
@@ -335,3 +337,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def web_identity_environment(
+    monkeypatch: pytest.MonkeyPatch, directory: pathlib.Path, sts_url: str, token: str, role: str
+) -> None:
+    """The environment an AWS SDK's web-identity provider reads, and nothing else it could fall
+    back to: ``token`` in a file of ``directory``, ``role``, the STS at ``sts_url``, no keys,
+    profiles, config files or instance metadata."""
+    token_file = directory / "token"
+    token_file.write_text(token)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(directory / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(directory / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("AWS_ROLE_ARN", role)
+    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "kube-sts-test")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts_url)

@@ -80,6 +80,19 @@ def myns(control_plane: cluster.ControlPlane) -> str:
     return ALLOWED
 
 
+@pytest.fixture(scope="session")
+def denied(control_plane: cluster.ControlPlane) -> str:
+    """``denied`` (with ServiceAccounts ``default`` and ``app``): a namespace the azRules do not admit."""
+    control_plane.create_namespace("denied")
+    return "denied"
+
+
+@pytest.fixture
+def plane(control_plane: cluster.ControlPlane, myns: str) -> cluster.ControlPlane:
+    """The session's control plane, with ``myns`` created."""
+    return control_plane
+
+
 @pytest.fixture
 def namespace(control_plane: cluster.ControlPlane, request: pytest.FixtureRequest) -> str:
     """A namespace of the test's own, with the ServiceAccounts ``default`` and ``app``."""

@@ -88,13 +88,9 @@ def test_projected_token_is_exchanged_and_accepted_by_botocore(
     # the AWS STS double fetches the issuer documents from the runtime, trusting the caBundle
     fetch = runtime.client_context()
     fetch.check_hostname = False  # the runtime's certificate names the Service, not its ClusterIP
-    token_file = tmp_path / "token"
-    token_file.write_text(answer["token"])
     with awssts.AWSSTS() as sts:
         sts.add_provider(awssts.Provider(minted["iss"], ("sts.aws.com",), runtime.base + "/aws", fetch))
-        monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
-        monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
-        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+        awssts.web_identity_environment(monkeypatch, tmp_path, sts.url, answer["token"], ROLE)
         credentials = botocore.session.Session().get_credentials()
         assert credentials is not None and credentials.method == "assume-role-with-web-identity"
         frozen = credentials.get_frozen_credentials()

@@ -6,22 +6,17 @@ ServiceAccount, at admission (the stored Pod) and at exchange (a real projected 
 from __future__ import annotations
 
 import base64
-import http.server
 import json
-import pathlib
-import ssl
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import jsonpatch
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from harness.reviews import ROLE, review_body, seed_pod
 from kube_sts.runtime import config
-from tests.controlplane import cluster, deployment
+from tests.controlplane import cluster, deployment, webhooks
 from tests.controlplane.test_admission import create, named
 from tests.webhook.test_injection import validate
 
@@ -42,7 +37,7 @@ def containers(stored: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # -- a second mutating webhook ---------------------------------------------------------------------
 
 
-class _Mesh(http.server.BaseHTTPRequestHandler):
+class _Mesh(webhooks.ReviewHandler):
     """Adds ``MESH_CONTAINER`` to every Pod it reviews that lacks it, as a service mesh injector does."""
 
     reviews: list[dict[str, Any]]
@@ -51,85 +46,8 @@ class _Mesh(http.server.BaseHTTPRequestHandler):
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         pod = review["request"]["object"]
         type(self).reviews.append(pod)
-        response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": True}
-        if MESH_CONTAINER["name"] not in {c["name"] for c in pod["spec"]["containers"]}:
-            patch = [{"op": "add", "path": "/spec/containers/-", "value": MESH_CONTAINER}]
-            response.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(patch).encode()).decode())
-        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-
-class SecondWebhook:
-    """A mutating webhook server of the test process at ``address``:443 behind a Service
-    ``namespace/service`` (a ClusterIP of the cluster's Service CIDR), with a certificate of a CA
-    of its own for the Service's name (``ca_bundle``: that CA, base64, for ``clientConfig``).
-    ``stop`` shuts the server down."""
-
-    def __init__(
-        self,
-        plane: cluster.ControlPlane,
-        directory: pathlib.Path,
-        handler: type[http.server.BaseHTTPRequestHandler],
-        *,
-        address: str,
-        namespace: str,
-        service: str,
-    ) -> None:
-        self.namespace, self.service = namespace, service
-        ca = cluster._CA.create(f"{service} webhook CA")
-        certificate, key = ca.issue(cluster._name(service), client=False, dns=(f"{service}.{namespace}.svc",))
-        (directory / "tls.crt").write_bytes(certificate)
-        (directory / "tls.key").write_bytes(key)
-        plane.create_namespace(namespace)
-        plane.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": service, "namespace": namespace},
-                "spec": {"clusterIP": address, "ports": [{"port": 443, "targetPort": 443}]},
-            }
-        )
-        self.server = http.server.ThreadingHTTPServer((address, 443), handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(directory / "tls.crt"), str(directory / "tls.key"))
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        ca_pem = ca.certificate.public_bytes(serialization.Encoding.PEM)
-        self.ca_bundle = base64.b64encode(ca_pem).decode()
-
-    def configuration(self, name: str, hook: dict[str, Any], *, path: str, label: str) -> dict[str, Any]:
-        """A MutatingWebhookConfiguration ``name`` of one webhook (``hook``: its name and
-        policies) calling this server at ``path``, for Pods that carry the label ``label``."""
-        return {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [
-                {
-                    **hook,
-                    "admissionReviewVersions": ["v1"],
-                    "clientConfig": {
-                        "service": {"name": self.service, "namespace": self.namespace, "path": path, "port": 443},
-                        "caBundle": self.ca_bundle,
-                    },
-                    "objectSelector": {"matchExpressions": [{"key": label, "operator": "Exists"}]},
-                    "rules": [
-                        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
-                    ],
-                }
-            ],
-        }
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        missing = MESH_CONTAINER["name"] not in {c["name"] for c in pod["spec"]["containers"]}
+        self.answer(review, [{"op": "add", "path": "/spec/containers/-", "value": MESH_CONTAINER}] if missing else None)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +58,7 @@ def mesh(runtime: deployment.Runtime, tmp_path_factory: pytest.TempPathFactory) 
     plane = runtime.deployment.plane
     reviews: list[dict[str, Any]] = []
     handler = type("Mesh", (_Mesh,), {"reviews": reviews})
-    server = SecondWebhook(
+    server = webhooks.SecondWebhook(
         plane,
         tmp_path_factory.mktemp("mesh"),
         handler,

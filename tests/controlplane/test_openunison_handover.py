@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import http.server
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -21,9 +20,9 @@ import pytest
 
 from harness.reviews import ROLE, seed_pod
 from tests import openunison
-from tests.controlplane import cluster, deployment
+from tests.controlplane import cluster, deployment, webhooks
 from tests.controlplane.test_admission import create, named
-from tests.controlplane.test_injection_cases import SecondWebhook, containers
+from tests.controlplane.test_injection_cases import containers
 
 PATH = "/k8s/webhooks/v1/injector-aws"
 BEFORE_OURS = "injector-aws"  # OpenUnison's own name for it: called before kube-sts-aws
@@ -34,7 +33,7 @@ KUBE_STS_DIR = "/var/run/secrets/kube-sts/aws"
 SIDECAR = "kube-sts-aws"
 
 
-class _OpenUnison(http.server.BaseHTTPRequestHandler):
+class _OpenUnison(webhooks.ReviewHandler):
     """OpenUnison's injector endpoint for the endpoint label ``label``; a review its script fails
     on is answered 500, as OpenUnison's filter chain answers an exception."""
 
@@ -52,22 +51,11 @@ class _OpenUnison(http.server.BaseHTTPRequestHandler):
             type(self).failures.append(str(error))
             self.send_error(500, "TypeError")
             return
-        response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": True}
-        if patches is not None:
-            response.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(patches).encode()).decode())
-        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
+        self.answer(review, patches)
 
 
 class OpenUnison:
-    def __init__(self, plane: cluster.ControlPlane, server: SecondWebhook, handler: type[_OpenUnison]) -> None:
+    def __init__(self, plane: cluster.ControlPlane, server: webhooks.SecondWebhook, handler: type[_OpenUnison]) -> None:
         self.plane, self.server, self.handler = plane, server, handler
 
     @contextlib.contextmanager
@@ -87,7 +75,7 @@ class OpenUnison:
 def ou(runtime: deployment.Runtime, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenUnison]:
     plane = runtime.deployment.plane
     handler = type("OpenUnisonInjector", (_OpenUnison,), {"label": "aws-role", "reviews": [], "failures": []})
-    server = SecondWebhook(
+    server = webhooks.SecondWebhook(
         plane,
         tmp_path_factory.mktemp("openunison"),
         handler,

@@ -145,18 +145,7 @@ def sts(service: Service) -> Iterator[awssts.AWSSTS]:
 
 
 def botocore_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, sts_url: str, token: str) -> Any:
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
-    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
-    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "kube-sts-test")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts_url)
+    awssts.web_identity_environment(monkeypatch, tmp_path, sts_url, token, ROLE)
     session = botocore.session.Session()
     credentials = session.get_credentials()
     assert credentials is not None and credentials.method == "assume-role-with-web-identity"

@@ -42,18 +42,6 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def plane(control_plane: cluster.ControlPlane, myns: str) -> cluster.ControlPlane:
-    return control_plane
-
-
-@pytest.fixture(scope="module")
-def denied(control_plane: cluster.ControlPlane) -> str:
-    """A namespace the rules do not admit."""
-    control_plane.create_namespace("denied")
-    return "denied"
-
-
-@pytest.fixture
 def app(runtime_kube: kubeapi.KubeAPI, tmp_path: pathlib.Path, clock: Clock) -> Iterator[server.App]:
     harness.write_keyset(tmp_path, "aws", "RS256")
     runtime = harness.runtime_config(harness.endpoint(rules=["(&(namespace=myns)(role=*))"]))

@@ -33,18 +33,6 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture
-def plane(control_plane: cluster.ControlPlane, myns: str) -> cluster.ControlPlane:
-    return control_plane
-
-
-@pytest.fixture(scope="module")
-def other(control_plane: cluster.ControlPlane) -> str:
-    """A namespace the rules do not admit."""
-    control_plane.create_namespace("other")
-    return "other"
-
-
-@pytest.fixture
 def keys_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     harness.write_keyset(tmp_path, "aws", "RS256")
     return tmp_path
@@ -130,10 +118,10 @@ def test_unknown_token_is_401(plane: cluster.ControlPlane, app: server.App) -> N
 
 @pytest.mark.parametrize(
     ("namespace", "role"),
-    [("other", ROLE), ("myns", None), ("myns", "arn:aws:iam::123456789012:role/admin")],
+    [("denied", ROLE), ("myns", None), ("myns", "arn:aws:iam::123456789012:role/admin")],
 )
 def test_rules_deny_with_403(
-    plane: cluster.ControlPlane, app: server.App, namespace: str, role: str | None, other: str
+    plane: cluster.ControlPlane, app: server.App, namespace: str, role: str | None, denied: str
 ) -> None:
     token = pod_token(plane, namespace=namespace, role=role)
     answer = exchange(app, token)

@@ -166,18 +166,7 @@ def test_aws_botocore_obtains_credentials_with_the_generated_trust(
     world: World, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with aws_double(world, tmp_path).start() as sts:
-        token_file = tmp_path / "token"
-        token_file.write_text(world.mint("aws", READER))
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
-        monkeypatch.setenv("AWS_ROLE_ARN", READER)
-        monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "kube-sts-test")
-        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+        awssts.web_identity_environment(monkeypatch, tmp_path, sts.url, world.mint("aws", READER), READER)
         credentials = botocore.session.Session().get_credentials()
         assert credentials is not None and credentials.method == "assume-role-with-web-identity"
         frozen = credentials.get_frozen_credentials()
