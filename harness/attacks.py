@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from harness import apiserver
-from harness.runtime import free_port, write_kubeconfig
+from harness.runtime import free_port, server_command, write_kubeconfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VALUES = ROOT / "examples" / "aws" / "values.yaml"
@@ -81,23 +81,9 @@ class Runtime:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "kube_sts.runtime.server",
-            "--config",
-            str(self.config_file),
-            "--keys-dir",
-            str(self.keys),
-            "--tls-dir",
-            str(self.config_file.parent / "no-tls-files"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
+        command = server_command(
+            self.config_file, keys_dir=self.keys, tls_dir=self.config_file.parent / "no-tls-files", port=self.port
+        )
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )

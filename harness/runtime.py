@@ -15,6 +15,7 @@ import json
 import pathlib
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,23 @@ class TLSFiles:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert, self.key)
         return context
+
+
+def server_command(
+    config_file: pathlib.Path,
+    *,
+    keys_dir: pathlib.Path,
+    tls_dir: pathlib.Path,
+    host: str = "127.0.0.1",
+    port: int,
+    log_level: str = "warning",
+) -> list[str]:
+    """The command line of ``kube-sts-server`` (the image's entrypoint) from this tree's interpreter."""
+    return [
+        *(sys.executable, "-m", "kube_sts.runtime.server", "--config", str(config_file)),
+        *("--keys-dir", str(keys_dir), "--tls-dir", str(tls_dir)),
+        *("--host", host, "--port", str(port), "--log-level", log_level),
+    ]
 
 
 def make_tls(directory: pathlib.Path) -> TLSFiles:

@@ -34,6 +34,7 @@ import dataclasses
 import datetime
 import http.server
 import json
+import pathlib
 import secrets
 import socket
 import ssl
@@ -44,6 +45,7 @@ import urllib.request
 import uuid
 from typing import Any
 
+from azure.identity import WorkloadIdentityCredential
 from jwcrypto import jwk, jws
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -345,3 +347,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.entra.errors.append((error.code, error.error))
             status, body = error.status, error.body()
         self._answer(status, body)
+
+
+def workload_identity(aad: Entra, ca_file: pathlib.Path, directory: pathlib.Path, token: str, client_id: str) -> Any:
+    """azure-identity's ``WorkloadIdentityCredential`` as on AKS, against ``aad`` (trusted through
+    ``ca_file``), reading ``token`` from a file in ``directory`` as it reads the sidecar's."""
+    token_file = directory / "azure-token"
+    token_file.write_text(token)
+    return WorkloadIdentityCredential(
+        tenant_id=aad.tenant_id,
+        client_id=client_id,
+        token_file_path=str(token_file),
+        authority=aad.authority,
+        connection_verify=str(ca_file),
+    )

@@ -148,23 +148,14 @@ class Runtime:
         self.base = f"https://{host}:{port}"
 
     def start(self, *, wait: bool = True) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "kube_sts.runtime.server",
-            "--config",
-            str(self.config_file),
-            "--keys-dir",
-            str(self.directory / "no-mounted-keys"),
-            "--tls-dir",
-            str(self.directory / "no-mounted-tls"),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--log-level",
-            "info",
-        ]
+        command = harness.server_command(
+            self.config_file,
+            keys_dir=self.directory / "no-mounted-keys",
+            tls_dir=self.directory / "no-mounted-tls",
+            host=self.host,
+            port=self.port,
+            log_level="info",
+        )
         self.log = self.directory / "runtime.log"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)

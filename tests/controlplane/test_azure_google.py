@@ -36,7 +36,6 @@ import google.auth.transport.requests
 import msal  # type: ignore[import-untyped]
 import pytest
 import requests
-from azure.identity import WorkloadIdentityCredential
 
 from harness import runtime as harness
 from kube_sts.runtime.kube import api as kubeapi
@@ -110,16 +109,7 @@ def aad(service: Service) -> Iterator[entra.Entra]:
 
 
 def workload_identity(aad: entra.Entra, tls: harness.TLSFiles, tmp_path: pathlib.Path, token: str) -> Any:
-    """``WorkloadIdentityCredential`` as on AKS, with the token file the sidecar keeps fresh."""
-    token_file = tmp_path / "azure-token"
-    token_file.write_text(token)
-    return WorkloadIdentityCredential(
-        tenant_id=TENANT,
-        client_id=CLIENT_ID,
-        token_file_path=str(token_file),
-        authority=aad.authority,
-        connection_verify=str(tls.ca),
-    )
+    return entra.workload_identity(aad, tls.ca, tmp_path, token, CLIENT_ID)
 
 
 def test_workload_identity_credential_with_a_minted_token(

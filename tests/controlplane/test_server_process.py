@@ -9,7 +9,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -44,9 +43,7 @@ def test_server_process_serves_tokens_and_stops_on_sigterm(
     port = harness.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env.update({"KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)})
-    command = [sys.executable, "-m", "kube_sts.runtime.server", "--config", str(config_file)]
-    command += ["--keys-dir", str(tmp_path / "keys"), "--tls-dir", str(tls.cert.parent)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command = harness.server_command(config_file, keys_dir=tmp_path / "keys", tls_dir=tls.cert.parent, port=port)
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     context = tls.client_context()
     base = f"https://127.0.0.1:{port}"

@@ -31,7 +31,6 @@ import hvac
 import hvac.exceptions
 import pytest
 import requests
-from azure.identity import WorkloadIdentityCredential
 
 from harness import runtime as harness
 from kube_sts.compiler import source
@@ -238,22 +237,10 @@ def aad(world: World, tmp_path: pathlib.Path) -> Iterator[entra.Entra]:
         yield double
 
 
-def workload_identity(aad: entra.Entra, world: World, tmp_path: pathlib.Path, token: str) -> Any:
-    token_file = tmp_path / "azure-token"
-    token_file.write_text(token)
-    return WorkloadIdentityCredential(
-        tenant_id=TENANT,
-        client_id=CLIENT_ID,
-        token_file_path=str(token_file),
-        authority=aad.authority,
-        connection_verify=str(world.tls.ca),
-    )
-
-
 def test_azure_workload_identity_with_the_generated_credential(
     world: World, aad: entra.Entra, tmp_path: pathlib.Path
 ) -> None:
-    credential = workload_identity(aad, world, tmp_path, world.mint("azure", CLIENT_ID))
+    credential = entra.workload_identity(aad, world.tls.ca, tmp_path, world.mint("azure", CLIENT_ID), CLIENT_ID)
     token = credential.get_token("https://management.azure.com/.default")
     [call] = aad.calls
     assert token.token == call.access_token and call.claims["sub"] == f"{harness.CLUSTER}:myns:app"
@@ -263,7 +250,7 @@ def test_azure_workload_identity_with_the_generated_credential(
 def test_azure_refuses_another_service_account(world: World, aad: entra.Entra, tmp_path: pathlib.Path) -> None:
     # the subject mismatch: the credential names myns/app, the token is another ServiceAccount's
     aad.applications[CLIENT_ID].credentials[0].subject = f"{harness.CLUSTER}:myns:other"
-    credential = workload_identity(aad, world, tmp_path, world.mint("azure", CLIENT_ID))
+    credential = entra.workload_identity(aad, world.tls.ca, tmp_path, world.mint("azure", CLIENT_ID), CLIENT_ID)
     with pytest.raises(azure.core.exceptions.ClientAuthenticationError, match="AADSTS700213"):
         credential.get_token("https://management.azure.com/.default")
     credential.close()
